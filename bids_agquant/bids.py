@@ -1,0 +1,468 @@
+"""BIDS input → :class:`ParticipantPlan`, and BIDS-Derivatives writing helpers.
+
+The plan says, for one participant, which images form the baseline timepoint and which form
+each post-agent timepoint (DESIGN.md §4), with the acquisition parameters read defensively from
+the (inherited) JSON sidecars. Anything required that is missing raises :class:`InputError`
+naming the file and key; the CLI turns it into exit code 66 (or 65 for unreadable values).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .config import PLACEBO_NAMES
+
+LOGGER = logging.getLogger("bids_agquant")
+
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_CANTCREAT = 73
+
+
+class InputError(Exception):
+    """Unusable input; ``exit_code`` follows DESIGN.md §7 (65 bad data, 66 missing)."""
+
+    def __init__(self, message: str, exit_code: int = EX_NOINPUT):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------- plan objects
+@dataclass
+class VFASet:
+    """Variable-flip-angle spoiled-GRE images of one timepoint, sorted by flip angle."""
+
+    files: list[Path]
+    flip_angles_deg: list[float]
+    repetition_time_s: float
+    field_strength_T: float | None = None
+
+
+@dataclass
+class Timepoint:
+    """A session plus its ``ce-`` entity (DESIGN.md §4)."""
+
+    session: str | None
+    ceagent: str | None
+    t1w: Path | None
+    vfa: VFASet | None
+    b1map: Path | None = None
+    b1_units: str | None = None
+    hours_post_injection: float | None = None
+
+    @property
+    def label(self) -> str:
+        """Entity string identifying the timepoint, e.g. ``ses-D1`` or ``ses-D1_ce-AGuIX``."""
+        parts = []
+        if self.session:
+            parts.append(f"ses-{self.session}")
+        if self.ceagent:
+            parts.append(f"ce-{self.ceagent}")
+        return "_".join(parts) or "baseline"
+
+    @property
+    def node_suffix(self) -> str:
+        """The label made safe for a Nipype node name."""
+        return re.sub(r"[^A-Za-z0-9]", "", self.label.replace("ses-", "").replace("ce-", "ce"))
+
+
+@dataclass
+class Contours:
+    """Lesion contours of a participant (a label map or a binary mask) and where they live."""
+
+    file: Path
+    session: str | None
+    ceagent: str | None
+    kind: str  # "dseg" (one integer per lesion) or "mask" (lesions = connected components)
+    names_tsv: Path | None = None
+
+
+@dataclass
+class ParticipantPlan:
+    """Everything the participant workflow needs, resolved from the BIDS dataset."""
+
+    subject: str
+    baseline: Timepoint
+    posts: list[Timepoint]
+    contours: Contours | None
+    agent: str | None = None
+    dose_mg_per_kg: float | None = None
+    weight_kg: float | None = None
+    primary_tumor: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_placebo(self) -> bool:
+        return self.agent is not None and self.agent.strip().lower() in PLACEBO_NAMES
+
+    @property
+    def reference_label(self) -> str:
+        """``space-`` label of the reference (baseline) space."""
+        return self.baseline.session or "T1w"
+
+
+# --------------------------------------------------------------------------- sidecar parsing
+def _number(value, key: str, source: Path) -> float:
+    """A float from a sidecar value that may be a number, a numeric string or a 1-list."""
+    if isinstance(value, list | tuple) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*(ms|s|deg)?\s*", value)
+        if not match:
+            raise InputError(f"{source}: {key} = {value!r} is not a number", EX_DATAERR)
+        number = float(match.group(1))
+        if match.group(2) == "ms":
+            LOGGER.info("%s: %s given as %r, read as milliseconds", source, key, value)
+            number /= 1000.0
+        value = number
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"{source}: {key} = {value!r} is not a finite number", EX_DATAERR)
+    return float(value)
+
+
+def _seconds(value, key: str, source: Path, *, max_plausible_s: float) -> float:
+    """Sidecar time in seconds; values above ``max_plausible_s`` are taken as milliseconds."""
+    number = _number(value, key, source)
+    if number > max_plausible_s:
+        LOGGER.warning("%s: %s = %g looks like milliseconds; using %g s", source, key, number,
+                       number / 1000.0)
+        number /= 1000.0
+    if number <= 0:
+        raise InputError(f"{source}: {key} = {number!r} must be positive", EX_DATAERR)
+    return number
+
+
+def _required(metadata: dict, key: str, source: Path):
+    if key not in metadata or metadata[key] in (None, ""):
+        raise InputError(f"{source}: required sidecar key {key!r} is missing (JSON sidecar or an "
+                         "inherited top-level JSON)")
+    return metadata[key]
+
+
+# --------------------------------------------------------------------------- layout → plan
+def load_layout(bids_dir: Path, database_dir: Path | None = None):
+    """Index the raw dataset with pybids (no validation: that is the validator's job)."""
+    from bids import BIDSLayout
+
+    kwargs = {}
+    if database_dir is not None:
+        kwargs["database_path"] = str(database_dir)
+    return BIDSLayout(str(bids_dir), validate=False, derivatives=False, **kwargs)
+
+
+def _get(layout, **query) -> list[Path]:
+    files = layout.get(return_type="file", extension=[".nii", ".nii.gz"], **query)
+    return sorted(Path(f) for f in files)
+
+
+def _collect_vfa(layout, subject, session, ceagent) -> VFASet | None:
+    from bids.layout import Query
+
+    files = _get(layout, subject=subject, session=session or Query.NONE, suffix="VFA",
+                 ceagent=ceagent or Query.NONE, datatype="anat")
+    if not files:
+        return None
+    flips, trs, fields = [], [], []
+    for path in files:
+        meta = layout.get_metadata(str(path))
+        flips.append(_number(_required(meta, "FlipAngle", path), "FlipAngle", path))
+        trs.append(_seconds(_required(meta, "RepetitionTimeExcitation", path),
+                            "RepetitionTimeExcitation", path, max_plausible_s=1.0))
+        if "MagneticFieldStrength" in meta:
+            fields.append(_number(meta["MagneticFieldStrength"], "MagneticFieldStrength", path))
+    if len(files) < 2:
+        raise InputError(f"{files[0]}: a VFA T1 fit needs at least two flip angles, found one")
+    if len(set(flips)) < len(flips):
+        raise InputError(f"{files[0].parent}: VFA images share a flip angle ({flips}); "
+                         "the fit needs distinct angles", EX_DATAERR)
+    if max(trs) - min(trs) > 1e-6:
+        raise InputError(f"{files[0].parent}: VFA images differ in RepetitionTimeExcitation "
+                         f"({trs}); DESPOT1 needs one TR", EX_DATAERR)
+    order = sorted(range(len(files)), key=lambda i: flips[i])
+    return VFASet(
+        files=[files[i] for i in order],
+        flip_angles_deg=[flips[i] for i in order],
+        repetition_time_s=trs[0],
+        field_strength_T=fields[0] if fields else None,
+    )
+
+
+def _hours_post_injection(bids_dir: Path, subject: str) -> dict[str, float]:
+    tsv = bids_dir / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
+    if not tsv.exists():
+        return {}
+    table = pd.read_csv(tsv, sep="\t", na_values=["n/a"], dtype={"session_id": str})
+    if "hours_post_injection" not in table:
+        return {}
+    out = {}
+    for sid, hours in zip(table["session_id"], table["hours_post_injection"], strict=True):
+        if pd.notna(hours):
+            out[str(sid).removeprefix("ses-")] = float(hours)
+    return out
+
+
+def _participant_metadata(bids_dir: Path, subject: str) -> dict:
+    tsv = bids_dir / "participants.tsv"
+    if not tsv.exists():
+        return {}
+    table = pd.read_csv(tsv, sep="\t", na_values=["n/a"], dtype=str)
+    rows = table[table["participant_id"] == f"sub-{subject}"]
+    if rows.empty:
+        return {}
+    row = rows.iloc[0]
+    meta = {}
+    for key in ("agent", "primary_tumor"):
+        if key in row and pd.notna(row[key]):
+            meta[key] = str(row[key])
+    for key in ("dose_mg_per_kg", "weight_kg"):
+        if key in row and pd.notna(row[key]):
+            try:
+                meta[key] = float(row[key])
+            except ValueError:
+                raise InputError(f"{tsv}: {key} of sub-{subject} is {row[key]!r}, not a number",
+                                 EX_DATAERR) from None
+    return meta
+
+
+def find_contours(contours_dir: Path, subject: str) -> Contours | None:
+    """Find a participant's GTV contours (DESIGN.md §4) in a derivatives dataset."""
+    from bids.layout import parse_file_entities
+
+    subject_dir = contours_dir / f"sub-{subject}"
+    if not subject_dir.is_dir():
+        return None
+    candidates = sorted(subject_dir.rglob(f"sub-{subject}_*desc-GTV_dseg.nii*"))
+    kind = "dseg"
+    if not candidates:
+        candidates = sorted(subject_dir.rglob(f"sub-{subject}_*label-GTV_mask.nii*"))
+        kind = "mask"
+    if not candidates:
+        return None
+    if len(candidates) > 1:
+        LOGGER.warning("sub-%s: several contour files, using %s", subject, candidates[0])
+    path = candidates[0]
+    entities = parse_file_entities(str(path))
+    names = Path(re.sub(r"\.nii(\.gz)?$", ".tsv", str(path)))
+    return Contours(path, entities.get("session"), entities.get("ceagent"), kind,
+                    names if names.exists() else None)
+
+
+def collect_plan(
+    layout,
+    subject: str,
+    *,
+    baseline_session: str = "D0",
+    session_labels: list[str] | None = None,
+    contours_dir: Path | None = None,
+) -> ParticipantPlan:
+    """Resolve one participant's timepoints, images, parameters and contours.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+        Index of the raw dataset.
+    subject : str
+        Participant label without ``sub-``.
+    baseline_session : str
+        Session label of the baseline (never chosen by sorting labels).
+    session_labels : list of str, optional
+        Restrict post-agent timepoints to these sessions (the baseline is always kept).
+    contours_dir : Path, optional
+        Derivatives dataset holding the GTV contours.
+
+    Raises
+    ------
+    InputError
+        A required image or sidecar key is missing or unreadable.
+    """
+    from bids.layout import Query
+
+    bids_dir = Path(layout.root)
+    sessions = layout.get_sessions(subject=subject)
+    hours = _hours_post_injection(bids_dir, subject)
+
+    def timepoint(session, ceagent) -> Timepoint:
+        t1w = _get(layout, subject=subject, session=session or Query.NONE, suffix="T1w",
+                   ceagent=ceagent or Query.NONE, datatype="anat")
+        if len(t1w) > 1:
+            LOGGER.warning("sub-%s %s: several T1w images, using %s", subject, session, t1w[0])
+        vfa = _collect_vfa(layout, subject, session, ceagent)
+        b1 = _get(layout, subject=subject, session=session or Query.NONE, suffix="TB1map",
+                  datatype="fmap")
+        b1_units = None
+        if b1:
+            b1_units = layout.get_metadata(str(b1[0])).get("Units")
+        return Timepoint(session, ceagent, t1w[0] if t1w else None, vfa,
+                         b1[0] if b1 else None, b1_units, hours.get(session or ""))
+
+    if sessions:
+        if baseline_session not in sessions:
+            raise InputError(
+                f"{bids_dir / f'sub-{subject}'}: baseline session ses-{baseline_session} not found "
+                f"(sessions: {', '.join(sorted(sessions))}); set --baseline-session"
+            )
+        baseline = timepoint(baseline_session, None)
+    else:
+        baseline = timepoint(None, None)
+    where = bids_dir / f"sub-{subject}" / (f"ses-{baseline.session}" if baseline.session else "")
+    if baseline.vfa is None:
+        raise InputError(f"{where / 'anat'}: no VFA images (*_flip-<n>_VFA.nii[.gz]) for the "
+                         "baseline timepoint; T1 mapping is impossible")
+    if baseline.t1w is None:
+        raise InputError(f"{where / 'anat'}: no *_T1w.nii[.gz] for the baseline timepoint "
+                         "(needed as the registration reference)")
+
+    posts = []
+    ce_values = layout.get_ceagents(subject=subject) or []
+    for session in sessions or [None]:
+        if session_labels and session not in session_labels and session != baseline_session:
+            continue
+        for ceagent in [None, *ce_values]:
+            if session == baseline.session and ceagent is None:
+                continue
+            tp = timepoint(session, ceagent)
+            if tp.vfa is None and tp.t1w is None:
+                continue  # nothing acquired for this (session, ce) pair
+            if tp.vfa is None or tp.t1w is None:
+                missing = "VFA images" if tp.vfa is None else "a T1w image"
+                raise InputError(f"{bids_dir / f'sub-{subject}'} {tp.label}: has "
+                                 f"{'a T1w image' if tp.vfa is None else 'VFA images'} but no "
+                                 f"{missing}; both are needed for a post-agent timepoint")
+            posts.append(tp)
+
+    meta = _participant_metadata(bids_dir, subject)
+    contours = find_contours(contours_dir, subject) if contours_dir else None
+    plan = ParticipantPlan(subject, baseline, posts, contours, **meta)
+    if not posts:
+        plan.notes.append("only a baseline timepoint: T1/R1 maps only, nothing to compare")
+    if contours is None:
+        plan.notes.append("no GTV contours found: maps are written, no lesion tables")
+    return plan
+
+
+# --------------------------------------------------------------------------- derivatives
+def path_patterns() -> list[str]:
+    """pybids path patterns for every output this app writes."""
+    text = resources.files("bids_agquant.data").joinpath("derivatives.json").read_text()
+    config = json.loads(text)
+    return config["default_path_patterns"]
+
+
+def build_derivative_path(entities: dict) -> str:
+    """Relative output path for ``entities`` (pybids ``build_path`` with our patterns)."""
+    from bids.layout.writing import build_path
+
+    path = build_path(entities, path_patterns(), strict=True)
+    if path is None:
+        raise ValueError(f"no output pattern matches {entities}")
+    return path
+
+
+def bids_uri(path: Path, root: Path, dataset: str = "raw") -> str:
+    """BIDS URI ``bids:<dataset>:<relative path>`` of a file of a linked dataset."""
+    return f"bids:{dataset}:{Path(path).resolve().relative_to(Path(root).resolve()).as_posix()}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text so that a reader never sees a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (temporary file in the destination folder)."""
+    import shutil
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+DESCRIPTIONS = {
+    "vfa": "Quantity estimated from variable-flip-angle spoiled-GRE images (linear DESPOT1, "
+           "optional B1+ correction)",
+    "t1w": "Signal enhancement computed on the T1-weighted GRE images",
+    "GTV": "Gross tumour volume contours, one integer label per lesion",
+}
+
+BIDSIGNORE = [
+    "*.html",
+    "figures/",
+    "logs/",
+    "sub-*/log/",
+    "*_xfm.mat",
+    "*_deltaR1map.*",
+    "*_Gdconc.*",
+    "*_massconc.*",
+    "*_enhancement.*",
+    "*_lesions.*",
+    "group_*",
+]
+
+
+def write_derivative_description(output_dir: Path, bids_dir: Path, *, contours_dir=None) -> None:
+    """``dataset_description.json``, ``.bidsignore`` and ``descriptions.tsv`` (atomic)."""
+    output_dir = Path(output_dir)
+    container = {}
+    if os.environ.get("BIDS_AGQUANT_CONTAINER"):
+        container = {"Container": {"Type": os.environ.get("BIDS_AGQUANT_CONTAINER_TYPE", "docker"),
+                                   "Tag": os.environ["BIDS_AGQUANT_CONTAINER"]}}
+    links = {"raw": Path(bids_dir).resolve().as_uri()}
+    if contours_dir is not None:
+        links["contours"] = Path(contours_dir).resolve().as_uri()
+    source_description = {}
+    src_json = Path(bids_dir) / "dataset_description.json"
+    if src_json.exists():
+        try:
+            source_description = json.loads(src_json.read_text())
+        except json.JSONDecodeError:
+            LOGGER.warning("%s is not valid JSON; SourceDatasets left minimal", src_json)
+    source = {"URL": links["raw"]}
+    if source_description.get("DatasetDOI"):
+        source["DOI"] = source_description["DatasetDOI"]
+    description = {
+        "Name": "bids-agquant: gadolinium nanoparticle uptake maps and per-lesion statistics",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{
+            "Name": "bids-agquant",
+            "Version": __version__,
+            "CodeURL": "https://pypi.org/project/bids-agquant/",
+            **container,
+        }],
+        "SourceDatasets": [source],
+        "DatasetLinks": links,
+    }
+    if "License" in source_description:
+        description["License"] = source_description["License"]
+    atomic_write_text(output_dir / "dataset_description.json",
+                      json.dumps(description, indent=2) + "\n")
+    atomic_write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
+    rows = ["desc_id\tdescription"] + [f"{k}\t{v}" for k, v in DESCRIPTIONS.items()]
+    atomic_write_text(output_dir / "descriptions.tsv", "\n".join(rows) + "\n")

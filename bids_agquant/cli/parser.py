@@ -1,0 +1,112 @@
+"""Command-line arguments (BIDS-Apps positionals plus DESIGN.md §7 options)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .. import __version__
+from ..config import DEFAULT_SEED
+
+EX_USAGE = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors; the BIDS-Apps spec reserves 2, so use 64."""
+
+    def error(self, message):
+        self.print_usage()
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _label(prefix: str):
+    def strip(value: str) -> str:
+        return value.removeprefix(prefix)
+    return strip
+
+
+def _plugin_args(value: str) -> dict:
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--plugin-args must be JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError("--plugin-args must be a JSON object")
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bids-agquant",
+        description="Gadolinium nanoparticle uptake maps and per-lesion statistics from a BIDS "
+                    "trial dataset (VFA T1 mapping, ANTs registration, ΔR1 → mM Gd → mg/L).",
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the raw BIDS dataset")
+    parser.add_argument("output_dir", type=Path,
+                        help="where the BIDS-Derivatives output goes (the same for the "
+                             "participant and group levels)")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="participant: maps and lesion tables (participants may run in "
+                             "parallel into the same output_dir); group: trial-wide tables")
+    parser.add_argument("--version", action="version", version=f"bids-agquant {__version__}")
+
+    sel = parser.add_argument_group("what to process")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                     type=_label("sub-"), metavar="LABEL",
+                     help="participants to process (default: all); 'sub-' is optional")
+    sel.add_argument("--session-label", "--session_label", nargs="+", default=[],
+                     type=_label("ses-"), metavar="LABEL",
+                     help="post-agent sessions to process (the baseline is always used)")
+    sel.add_argument("--baseline-session", type=_label("ses-"), default="D0",
+                     help="label of the pre-agent baseline session (default: D0); never "
+                          "inferred by sorting labels")
+    sel.add_argument("--contours", type=Path, default=None, metavar="DIR",
+                     help="derivatives dataset with the GTV contours "
+                          "(default: BIDS_DIR/derivatives/contours)")
+    sel.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                     help="do not run bids-validator-deno on the input")
+
+    sci = parser.add_argument_group("contrast agent")
+    sci.add_argument("--agent", default=None,
+                     help="agent preset (aguix-nanorad, aguix-mp2rage, gadoterate, gadobutrol) "
+                          "for every participant; default: participants.tsv 'agent', else "
+                          "aguix-nanorad")
+    sci.add_argument("--r1", type=float, default=None, metavar="PER_MM_PER_S",
+                     help="relaxivity per Gd ion, 1/(mM s); overrides the preset")
+    sci.add_argument("--gd-per-particle", type=float, default=None,
+                     help="Gd ions per particle/molecule; overrides the preset")
+    sci.add_argument("--molar-mass", type=float, default=None, metavar="G_PER_MOL",
+                     help="particle/molecule molar mass, g/mol; overrides the preset")
+    sci.add_argument("--measurable-threshold-mm", type=float, default=10.0,
+                     help="longest diameter (mm) at or above which a lesion is measurable")
+
+    perf = parser.add_argument_group("performance and reproducibility")
+    perf.add_argument("-w", "--work-dir", type=Path, default=None,
+                      help="Nipype working directory; re-using it resumes a run "
+                           "(default: ./work)")
+    perf.add_argument("--nprocs", "--n-cpus", type=int, default=None,
+                      help="processes Nipype may run at once (default: all cores)")
+    perf.add_argument("--omp-nthreads", type=int, default=1,
+                      help="threads per registration (default 1: bit-reproducible ANTs)")
+    perf.add_argument("--mem-gb", type=float, default=None, help="memory budget for Nipype")
+    perf.add_argument("--plugin", default="MultiProc",
+                      help="Nipype execution plugin (MultiProc, Linear, SLURM, ...)")
+    perf.add_argument("--plugin-args", type=_plugin_args, default={},
+                      help="JSON object of plugin arguments")
+    perf.add_argument("--random-seed", type=int, default=DEFAULT_SEED,
+                      help=f"ANTs random seed (default {DEFAULT_SEED})")
+    perf.add_argument("--sloppy", action="store_true",
+                      help="fast, low-accuracy registration (testing only)")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    opts = build_parser().parse_args(argv)
+    if opts.nprocs is None:
+        opts.nprocs = os.cpu_count() or 1
+    if opts.nprocs < 1 or opts.omp_nthreads < 1:
+        build_parser().error("--nprocs and --omp-nthreads must be at least 1")
+    return opts

@@ -1,0 +1,230 @@
+"""``bids-agquant`` entry point: parse → check inputs → plan → build → run → exit code.
+
+Exit codes (DESIGN.md §7): 0 ok; 1 a node failed or unspecified error; 16 BIDS validation
+failed; 64 usage; 65 bad data; 66 required input missing; 73 cannot create output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from .. import __version__
+from ..bids import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, InputError, write_derivative_description
+from ..config import PLACEBO_NAMES, RunConfig, resolve_agent
+from .parser import EX_USAGE, parse_args
+
+LOGGER = logging.getLogger("bids_agquant")
+EX_VALIDATION = 16
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("nipype.workflow").setLevel(logging.INFO if verbosity else logging.WARNING)
+    logging.getLogger("nipype.interface").setLevel(logging.WARNING)
+
+
+def _config_from_opts(opts) -> RunConfig:
+    run_uuid = f"{datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:8]}"
+    return RunConfig(
+        bids_dir=opts.bids_dir.absolute(),
+        output_dir=opts.output_dir.absolute(),
+        analysis_level=opts.analysis_level,
+        work_dir=(opts.work_dir or Path("work")).absolute(),
+        participant_label=list(opts.participant_label),
+        session_label=list(opts.session_label),
+        baseline_session=opts.baseline_session,
+        contours_dir=(opts.contours or opts.bids_dir / "derivatives" / "contours").absolute(),
+        nprocs=opts.nprocs,
+        omp_nthreads=opts.omp_nthreads,
+        mem_gb=opts.mem_gb,
+        plugin=opts.plugin,
+        plugin_args=dict(opts.plugin_args),
+        skip_bids_validation=opts.skip_bids_validation,
+        random_seed=opts.random_seed,
+        sloppy=opts.sloppy,
+        agent=opts.agent,
+        r1=opts.r1,
+        gd_per_particle=opts.gd_per_particle,
+        molar_mass=opts.molar_mass,
+        measurable_threshold_mm=opts.measurable_threshold_mm,
+        run_uuid=run_uuid,
+    )
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    try:
+        path.resolve().relative_to(parent.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def check_paths(config: RunConfig) -> None:
+    """Pre-flight checks on the input and output locations (raise InputError)."""
+    bids_dir = config.bids_dir
+    if not bids_dir.is_dir():
+        raise InputError(f"{bids_dir}: BIDS directory not found (inside a container, check the "
+                         "bind mount)", EX_NOINPUT)
+    if not (bids_dir / "dataset_description.json").exists():
+        raise InputError(f"{bids_dir / 'dataset_description.json'}: missing; is this the root of "
+                         "a BIDS dataset?", EX_NOINPUT)
+    for name, path in (("output_dir", config.output_dir), ("work_dir", config.work_dir)):
+        if path.resolve() == bids_dir.resolve() or (
+            _inside(path, bids_dir) and not _inside(path, bids_dir / "derivatives")
+        ):
+            raise InputError(f"{path}: {name} must not be the input dataset or inside it "
+                             "(except under derivatives/); the input is never written to",
+                             EX_USAGE)
+
+
+def validate_bids(bids_dir: Path) -> None:
+    """Run bids-validator-deno on the input; raise InputError(16) when it reports errors."""
+    exe = shutil.which("bids-validator-deno")
+    if exe is None:
+        LOGGER.warning("bids-validator-deno not found: input not validated")
+        return
+    proc = subprocess.run([exe, "--no-color", "--ignoreWarnings", str(bids_dir)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise InputError(f"{bids_dir}: BIDS validation failed:\n{proc.stdout[-4000:]}",
+                         EX_VALIDATION)
+
+
+def _select_participants(layout, config: RunConfig) -> list[str]:
+    subjects = sorted(layout.get_subjects())
+    if not config.participant_label:
+        if not subjects:
+            raise InputError(f"{config.bids_dir}: no sub-* folders found", EX_NOINPUT)
+        return subjects
+    missing = sorted(set(config.participant_label) - set(subjects))
+    if missing:
+        raise InputError(f"{config.bids_dir}: participant(s) not found: "
+                         f"{', '.join('sub-' + m for m in missing)}", EX_NOINPUT)
+    return list(dict.fromkeys(config.participant_label))
+
+
+def _agent_for(plan, config: RunConfig, field_strength_T: float):
+    name = config.agent
+    if name is None:
+        name = plan.agent if plan.agent and plan.agent.lower() not in PLACEBO_NAMES else None
+    if name is None and config.r1 is None:
+        # Placebo arm or unknown agent: maps use the trial's default agent so that a blinded
+        # analysis treats every participant the same way.
+        name = "aguix-nanorad"
+    return resolve_agent(name, field_strength_T=field_strength_T, r1=config.r1,
+                         gd_per_particle=config.gd_per_particle, molar_mass=config.molar_mass)
+
+
+def run_participant(config: RunConfig) -> int:
+    from nipype import config as nipype_config
+
+    from ..bids import collect_plan, load_layout
+    from ..workflows.base import init_bids_agquant_wf
+
+    layout = load_layout(config.bids_dir)
+    subjects = _select_participants(layout, config)
+    plans, agents = [], {}
+    for subject in subjects:
+        plan = collect_plan(layout, subject, baseline_session=config.baseline_session,
+                            session_labels=config.session_label or None,
+                            contours_dir=config.contours_dir)
+        for note in plan.notes:
+            LOGGER.info("sub-%s: %s", subject, note)
+        field = plan.baseline.vfa.field_strength_T or 3.0
+        try:
+            agents[subject] = _agent_for(plan, config, field)
+        except ValueError as exc:
+            raise InputError(f"sub-{subject}: {exc}", EX_DATAERR) from None
+        plans.append(plan)
+
+    try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output: {exc}", EX_CANTCREAT) from None
+    write_derivative_description(config.output_dir, config.bids_dir,
+                                 contours_dir=config.contours_dir)
+    for plan in plans:
+        log_dir = config.output_dir / f"sub-{plan.subject}" / "log" / config.run_uuid
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / "bids_agquant.toml").write_text(config.to_toml())
+
+    nipype_config.update_config({
+        "execution": {
+            "hash_method": "content",
+            "crashfile_format": "txt",
+            "remove_unnecessary_outputs": False,
+            "poll_sleep_duration": 0.1,
+            "stop_on_first_crash": False,
+            "check_version": False,
+        },
+        "monitoring": {"enabled": False},
+    })
+    workflow = init_bids_agquant_wf(config, plans, agents)
+    plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False,
+                   "maxtasksperchild": 1, **config.plugin_args}
+    if config.mem_gb:
+        plugin_args.setdefault("memory_gb", config.mem_gb)
+    if config.plugin == "Linear":
+        plugin_args = dict(config.plugin_args)
+    try:
+        workflow.run(plugin=config.plugin, plugin_args=plugin_args)
+    except RuntimeError as exc:
+        LOGGER.error("some processing steps failed (crash files under %s/sub-*/log/%s): %s",
+                     config.output_dir, config.run_uuid, exc)
+        return 1
+    finally:
+        write_derivative_description(config.output_dir, config.bids_dir,
+                                     contours_dir=config.contours_dir)
+    LOGGER.info("participant level done: %s", config.output_dir)
+    return 0
+
+
+def run_group(config: RunConfig) -> int:
+    from .group import write_group_outputs
+
+    if not config.output_dir.is_dir():
+        raise InputError(f"{config.output_dir}: no participant-level results to gather "
+                         "(run the participant level first)", EX_NOINPUT)
+    written = write_group_outputs(config.output_dir, config.bids_dir,
+                                  participant_label=config.participant_label or None)
+    for path in written:
+        LOGGER.info("wrote %s", path)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Console entry point; returns (and exits with) the BIDS-Apps exit code."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network at run time
+    opts = parse_args(argv)
+    _setup_logging(opts.verbose)
+    config = _config_from_opts(opts)
+    LOGGER.info("bids-agquant %s, %s level, run %s", __version__, config.analysis_level,
+                config.run_uuid)
+    try:
+        check_paths(config)
+        if config.analysis_level == "group":
+            code = run_group(config)
+        else:
+            if not config.skip_bids_validation:
+                validate_bids(config.bids_dir)
+            code = run_participant(config)
+    except InputError as exc:
+        LOGGER.error("%s", exc)
+        code = exc.exit_code
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

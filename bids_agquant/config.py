@@ -1,0 +1,211 @@
+"""Run configuration and contrast-agent presets.
+
+A run is described by one :class:`RunConfig` (what the command line asked for, with defaults
+filled in). It is written as TOML next to the crash files of each participant so that a run can
+be audited and repeated. Agent presets live in ``data/agents.toml``; :func:`resolve_agent`
+turns a preset name (or alias, or a participants.tsv ``agent`` value) plus command-line
+overrides into the :class:`AgentParameters` that every concentration map records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+#: Default master seed: registration is reproducible unless the user asks otherwise.
+DEFAULT_SEED = 20201
+
+#: Values in participants.tsv ``agent`` meaning "no agent was given" (blinded placebo arm).
+PLACEBO_NAMES = frozenset({"placebo", "saline", "none", "n/a", ""})
+
+
+@dataclass(frozen=True)
+class AgentParameters:
+    """Constants that turn ΔR1 into concentrations.
+
+    Attributes
+    ----------
+    name : str
+        Preset name (or ``"custom"``).
+    r1_per_mM_per_s : float
+        Longitudinal relaxivity per Gd ion, 1/(mM s), at ``field_strength_T``.
+    gd_per_particle : float
+        Gd ions per agent molecule or particle.
+    particle_molar_mass_g_per_mol : float
+        Molar mass of the agent molecule or particle, g/mol.
+    field_strength_T : float
+        Field strength the relaxivity applies to, tesla.
+    description : str
+        Where the values come from.
+    """
+
+    name: str
+    r1_per_mM_per_s: float
+    gd_per_particle: float
+    particle_molar_mass_g_per_mol: float
+    field_strength_T: float
+    description: str = ""
+
+    @property
+    def mg_per_L_per_mM(self) -> float:
+        """Mass concentration (mg/L of agent) equivalent to 1 mM Gd."""
+        return self.particle_molar_mass_g_per_mol / self.gd_per_particle
+
+    def as_metadata(self) -> dict:
+        """Sidecar fields recording these constants."""
+        return {
+            "ContrastAgentPreset": self.name,
+            "Relaxivity": self.r1_per_mM_per_s,
+            "RelaxivityUnits": "1/(mM*s), per Gd ion",
+            "RelaxivityFieldStrength": self.field_strength_T,
+            "GdPerParticle": self.gd_per_particle,
+            "ParticleMolarMass": self.particle_molar_mass_g_per_mol,
+            "ParticleMolarMassUnits": "g/mol",
+        }
+
+
+def load_agent_presets() -> dict[str, dict]:
+    """Read the bundled ``data/agents.toml``."""
+    text = resources.files("bids_agquant.data").joinpath("agents.toml").read_text()
+    return tomllib.loads(text)
+
+
+def _field_key(field_strength_T: float) -> str:
+    return f"{field_strength_T:g}T"
+
+
+def resolve_agent(
+    name: str | None,
+    *,
+    field_strength_T: float = 3.0,
+    r1: float | None = None,
+    gd_per_particle: float | None = None,
+    molar_mass: float | None = None,
+) -> AgentParameters:
+    """Build the agent constants from a preset name and optional overrides.
+
+    Parameters
+    ----------
+    name : str or None
+        Preset name or alias (case-insensitive), e.g. ``aguix-nanorad``, ``AGuIX``, ``dotarem``.
+        ``None`` with ``r1`` given builds a custom agent.
+    field_strength_T : float
+        Main field of the acquisition, tesla; picks the relaxivity.
+    r1, gd_per_particle, molar_mass : float, optional
+        Overrides (1/(mM s), count, g/mol).
+
+    Raises
+    ------
+    ValueError
+        Unknown preset, or no relaxivity known at this field strength and none given.
+    """
+    presets = load_agent_presets()
+    if name is None:
+        if r1 is None:
+            raise ValueError("no agent preset and no --r1 given: cannot convert ΔR1 to mM Gd")
+        return AgentParameters(
+            "custom", float(r1), float(gd_per_particle or 1), float(molar_mass or 1.0),
+            field_strength_T, "user-supplied constants",
+        )
+    key = name.strip().lower()
+    for preset_name, preset in presets.items():
+        if key == preset_name or key in [a.lower() for a in preset.get("aliases", [])]:
+            break
+    else:
+        known = ", ".join(sorted(presets))
+        raise ValueError(f"unknown agent preset {name!r}; known presets: {known}")
+    relaxivities = preset["r1_per_mM_per_s"]
+    if r1 is None:
+        try:
+            r1 = relaxivities[_field_key(field_strength_T)]
+        except KeyError:
+            raise ValueError(
+                f"agent preset {preset_name!r} has no relaxivity at {field_strength_T:g} T "
+                f"(known: {', '.join(relaxivities)}); give --r1"
+            ) from None
+    return AgentParameters(
+        name=preset_name,
+        r1_per_mM_per_s=float(r1),
+        gd_per_particle=float(gd_per_particle or preset["gd_per_particle"]),
+        particle_molar_mass_g_per_mol=float(molar_mass or preset["particle_molar_mass_g_per_mol"]),
+        field_strength_T=float(field_strength_T),
+        description=preset.get("description", ""),
+    )
+
+
+def load_registration_parameters(sloppy: bool = False) -> dict:
+    """antspyx registration keyword arguments (``data/registration_{precise,sloppy}.json``)."""
+    fname = "registration_sloppy.json" if sloppy else "registration_precise.json"
+    params = json.loads(resources.files("bids_agquant.data").joinpath(fname).read_text())
+    params.pop("comment", None)
+    for key, value in params.items():
+        if isinstance(value, list):
+            params[key] = tuple(value)
+    return params
+
+
+@dataclass
+class RunConfig:
+    """Everything a run was asked to do (command line plus defaults)."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_label: list[str] = field(default_factory=list)
+    session_label: list[str] = field(default_factory=list)
+    baseline_session: str = "D0"
+    contours_dir: Path | None = None
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    plugin: str = "MultiProc"
+    plugin_args: dict = field(default_factory=dict)
+    skip_bids_validation: bool = False
+    random_seed: int = DEFAULT_SEED
+    sloppy: bool = False
+    agent: str | None = None
+    r1: float | None = None
+    gd_per_particle: float | None = None
+    molar_mass: float | None = None
+    measurable_threshold_mm: float = 10.0
+    run_uuid: str = ""
+
+    def to_toml(self) -> str:
+        """Serialise as TOML (flat table; paths as strings, ``None`` omitted)."""
+        lines = ["[run]"]
+        for key, value in dataclasses.asdict(self).items():
+            if value is None:
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, text: str) -> RunConfig:
+        """Inverse of :meth:`to_toml`."""
+        data = tomllib.loads(text)["run"]
+        for key in ("bids_dir", "output_dir", "work_dir", "contours_dir"):
+            if key in data:
+                data[key] = Path(data[key])
+        return cls(**data)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escaping is valid TOML basic-string escaping
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")

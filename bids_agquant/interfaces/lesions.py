@@ -1,0 +1,127 @@
+"""Nipype adapters for contours and per-lesion tables (science in ``bids_agquant.lesions``)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+from scipy import ndimage
+
+
+class _PrepareContoursInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="desc-GTV_dseg or label-GTV_mask")
+    kind = traits.Enum("dseg", "mask", usedefault=True)
+
+
+class _PrepareContoursOutputSpec(TraitedSpec):
+    labels = File(exists=True, desc="integer label map, one label per lesion (int16)")
+    n_lesions = traits.Int()
+
+
+class PrepareContours(SimpleInterface):
+    """Turn the contour file into an int16 label map (binary masks → connected components)."""
+
+    input_spec = _PrepareContoursInputSpec
+    output_spec = _PrepareContoursOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nb.load(self.inputs.in_file)
+        data = np.asarray(img.dataobj)
+        if data.ndim != 3:
+            raise ValueError(f"{self.inputs.in_file}: contours must be a 3-D image, "
+                             f"got shape {data.shape}")
+        if not np.allclose(data, np.rint(data)):
+            raise ValueError(f"{self.inputs.in_file}: contour labels must be integers")
+        data = np.rint(data).astype(np.int64)
+        if self.inputs.kind == "mask":
+            data, _ = ndimage.label(data > 0, structure=np.ones((3, 3, 3)))
+        if data.min() < 0 or data.max() > np.iinfo(np.int16).max:
+            raise ValueError(f"{self.inputs.in_file}: label values out of range")
+        header = img.header.copy()
+        header.set_data_dtype(np.int16)
+        header.set_slope_inter(1, 0)
+        path = os.path.join(runtime.cwd, "labels.nii.gz")
+        nb.Nifti1Image(data.astype(np.int16), img.affine, header).to_filename(path)
+        self._results["labels"] = path
+        self._results["n_lesions"] = int(len(np.unique(data[data > 0])))
+        return runtime
+
+
+class _LesionTableInputSpec(BaseInterfaceInputSpec):
+    labels = File(exists=True, mandatory=True, desc="lesion labels in reference space")
+    gd_conc = File(exists=True, mandatory=True)
+    mass_conc = File(exists=True, mandatory=True)
+    delta_r1 = File(exists=True, mandatory=True)
+    t1_pre = File(exists=True, mandatory=True)
+    t1_post = File(exists=True, mandatory=True)
+    enhancement = File(exists=True, desc="SE % map in reference space")
+    names_tsv = File(exists=True, desc="dseg.tsv with index/name columns")
+    timepoint = traits.Str(mandatory=True)
+    measurable_threshold_mm = traits.Float(10.0, usedefault=True)
+    hours_post_injection = traits.Either(None, traits.Float, usedefault=True)
+
+
+class _LesionTableOutputSpec(TraitedSpec):
+    out_tsv = File(exists=True)
+    out_json = File(exists=True, desc="BIDS data dictionary of the columns")
+
+
+class LesionTable(SimpleInterface):
+    """One row per lesion: size, concentration, ΔR1, T1, SE (``lesions.lesion_table``)."""
+
+    input_spec = _LesionTableInputSpec
+    output_spec = _LesionTableOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..lesions import column_dictionary, lesion_table
+
+        label_img = nb.load(self.inputs.labels)
+        labels = np.asarray(label_img.dataobj).astype(np.int64)
+
+        def load(path):
+            data = np.asarray(nb.load(path).dataobj, np.float64)
+            if data.shape != labels.shape:
+                raise ValueError(f"{path}: grid differs from the lesion labels")
+            return data
+
+        maps = {
+            "gd_mM": load(self.inputs.gd_conc),
+            "mass_mg_per_L": load(self.inputs.mass_conc),
+            "deltaR1": load(self.inputs.delta_r1),
+            "t1_baseline_s": load(self.inputs.t1_pre),
+            "t1_post_s": load(self.inputs.t1_post),
+        }
+        if self.inputs.enhancement:
+            maps["se_percent"] = load(self.inputs.enhancement)
+        table = lesion_table(labels, label_img.affine, maps,
+                             measurable_threshold_mm=self.inputs.measurable_threshold_mm)
+        table.insert(1, "timepoint", self.inputs.timepoint)
+        if self.inputs.names_tsv:
+            names = pd.read_csv(self.inputs.names_tsv, sep="\t")
+            if {"index", "name"} <= set(names.columns):
+                lookup = dict(zip(names["index"].astype(int), names["name"].astype(str),
+                                  strict=True))
+                names = [lookup.get(int(i), "n/a") for i in table["lesion_id"]]
+                table.insert(1, "lesion_name", names)
+        table["hours_post_injection"] = (self.inputs.hours_post_injection
+                                         if self.inputs.hours_post_injection is not None
+                                         else np.nan)
+        tsv = os.path.join(runtime.cwd, "lesions.tsv")
+        table.to_csv(tsv, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+        dictionary = column_dictionary(list(table.columns))
+        out_json = os.path.join(runtime.cwd, "lesions.json")
+        with open(out_json, "w") as handle:
+            json.dump(dictionary, handle, indent=2)
+        self._results["out_tsv"] = tsv
+        self._results["out_json"] = out_json
+        return runtime

@@ -1,0 +1,235 @@
+"""Nipype adapters around the quantitative-MRI core (``bids_agquant.qmri``).
+
+Each interface loads NIfTI files, calls one pure function, and writes its results into the
+node's working directory. No science happens here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+from scipy import ndimage
+
+LOGGER = logging.getLogger("bids_agquant")
+
+
+def _save(data, like: nb.Nifti1Image, path: str, dtype=np.float32) -> str:
+    header = like.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(1, 0)
+    nb.Nifti1Image(np.asarray(data, dtype=dtype), like.affine, header).to_filename(path)
+    return path
+
+
+def signal_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Head/brain mask from signal: above ``fraction`` of the robust maximum, holes filled.
+
+    Parameters
+    ----------
+    image : ndarray
+        Magnitude image (any units).
+    fraction : float
+        Threshold relative to the 99.5th percentile of the positive voxels.
+    """
+    finite = np.isfinite(image)
+    positive = image[finite & (image > 0)]
+    if positive.size == 0:
+        return np.zeros(image.shape, bool)
+    mask = finite & (image > fraction * np.percentile(positive, 99.5))
+    mask = ndimage.binary_opening(mask, iterations=1)
+    labels, n = ndimage.label(mask)
+    if n > 1:  # keep the largest connected component (drops isolated noise voxels)
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    mask = ndimage.binary_closing(mask, iterations=2)
+    return ndimage.binary_fill_holes(mask)
+
+
+class _FitVFAInputSpec(BaseInterfaceInputSpec):
+    in_files = InputMultiObject(File(exists=True), mandatory=True, desc="one image per flip")
+    flip_angles_deg = traits.List(traits.Float, mandatory=True, desc="nominal flip angles, deg")
+    repetition_time_s = traits.Float(mandatory=True, desc="TR of the SPGR acquisition, s")
+    b1_map = File(exists=True, desc="B1+ map (fraction or percent), any grid of the session")
+    b1_units = traits.Str(desc="the B1 map sidecar's Units, if any")
+
+
+class _FitVFAOutputSpec(TraitedSpec):
+    t1map = File(exists=True, desc="T1, seconds; 0 where invalid")
+    r1map = File(exists=True, desc="R1 = 1/T1, 1/s; 0 where invalid")
+    valid_mask = File(exists=True, desc="voxels with a physically valid fit")
+    reference_image = File(exists=True, desc="highest-flip image, for registration")
+    b1_decision = traits.Str(desc="how the B1 map units were interpreted")
+
+
+class FitVFA(SimpleInterface):
+    """Linear DESPOT1 T1 fit of a VFA set (``qmri.vfa.fit_vfa_linear``), optional B1+."""
+
+    input_spec = _FitVFAInputSpec
+    output_spec = _FitVFAOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..qmri.b1 import b1_to_fraction
+        from ..qmri.vfa import fit_vfa_linear
+
+        images = [nb.load(f) for f in self.inputs.in_files]
+        ref = images[0]
+        for f, img in zip(self.inputs.in_files, images, strict=True):
+            if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+                raise ValueError(f"{f}: VFA images of one timepoint must share one grid")
+        signals = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images], axis=-1)
+        mask = signal_mask(signals.mean(axis=-1))
+        b1 = None
+        decision = "no B1+ map: nominal flip angles used"
+        if self.inputs.b1_map:
+            from nilearn.image import resample_to_img
+
+            b1_img = nb.load(self.inputs.b1_map)
+            # The B1 map comes from the same session: scanner coordinates are shared, so the
+            # header alone places it on the VFA grid.
+            b1_on_grid = resample_to_img(b1_img, ref, interpolation="continuous",
+                                         force_resample=True, copy_header=True)
+            b1, decision = b1_to_fraction(np.asarray(b1_on_grid.dataobj, np.float64),
+                                          self.inputs.b1_units or None)
+            mask &= b1 > 0
+            LOGGER.info("%s: %s", self.inputs.b1_map, decision)
+        fit = fit_vfa_linear(signals, self.inputs.flip_angles_deg, self.inputs.repetition_time_s,
+                             b1=b1, mask=mask)
+        cwd = runtime.cwd
+        self._results["t1map"] = _save(fit.t1_s, ref, os.path.join(cwd, "T1map.nii.gz"))
+        self._results["r1map"] = _save(fit.r1_per_s, ref, os.path.join(cwd, "R1map.nii.gz"))
+        self._results["valid_mask"] = _save(fit.valid, ref, os.path.join(cwd, "valid.nii.gz"),
+                                            np.uint8)
+        self._results["reference_image"] = _save(signals[..., -1], ref,
+                                                 os.path.join(cwd, "vfa_reference.nii.gz"))
+        self._results["b1_decision"] = decision
+        return runtime
+
+
+class _SignalMaskInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    exclude_labels = File(exists=True, desc="label map on the same grid to cut out (lesions)")
+    exclude_margin_mm = traits.Float(4.0, usedefault=True, desc="dilation of excluded labels")
+
+
+class _SignalMaskOutputSpec(TraitedSpec):
+    out_mask = File(exists=True)
+
+
+class SignalMask(SimpleInterface):
+    """Signal mask of an anatomical image, optionally with dilated lesions cut out.
+
+    Used as the registration metric mask: lesions change between sessions (that is the
+    signal we measure), so they must not drive the alignment.
+    """
+
+    input_spec = _SignalMaskInputSpec
+    output_spec = _SignalMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nb.load(self.inputs.in_file)
+        mask = signal_mask(np.asarray(img.dataobj, np.float32))
+        if self.inputs.exclude_labels:
+            labels = np.asarray(nb.load(self.inputs.exclude_labels).dataobj) > 0
+            if labels.shape != mask.shape:
+                raise ValueError(f"{self.inputs.exclude_labels}: grid differs from "
+                                 f"{self.inputs.in_file}")
+            voxel_mm = float(np.min(img.header.get_zooms()[:3]))
+            iterations = max(1, round(self.inputs.exclude_margin_mm / voxel_mm))
+            mask &= ~ndimage.binary_dilation(labels, iterations=iterations)
+        self._results["out_mask"] = _save(mask, img, os.path.join(runtime.cwd, "mask.nii.gz"),
+                                          np.uint8)
+        return runtime
+
+
+class _UptakeInputSpec(BaseInterfaceInputSpec):
+    r1_post = File(exists=True, mandatory=True, desc="post-agent R1 in reference space, 1/s")
+    r1_pre = File(exists=True, mandatory=True, desc="baseline R1 in reference space, 1/s")
+    valid_post = File(exists=True, mandatory=True, desc="post fit validity, resampled (0..1)")
+    valid_pre = File(exists=True, mandatory=True, desc="baseline fit validity (0/1)")
+    agent = traits.Dict(mandatory=True, desc="AgentParameters fields")
+
+
+class _UptakeOutputSpec(TraitedSpec):
+    delta_r1 = File(exists=True, desc="ΔR1, 1/s")
+    gd_conc = File(exists=True, desc="Gd concentration, mM")
+    mass_conc = File(exists=True, desc="agent mass concentration, mg/L")
+    t1_pre = File(exists=True, desc="baseline T1 in reference space, s")
+    t1_post = File(exists=True, desc="post T1 in reference space, s")
+
+
+class ComputeUptake(SimpleInterface):
+    """ΔR1 → mM Gd → mg/L (``qmri.uptake``); NaN where either fit is invalid; negatives kept."""
+
+    input_spec = _UptakeInputSpec
+    output_spec = _UptakeOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..qmri.uptake import delta_r1, gd_concentration_mM, mass_concentration_mg_per_L
+
+        pre_img = nb.load(self.inputs.r1_pre)
+        pre = np.asarray(pre_img.dataobj, np.float64)
+        post = np.asarray(nb.load(self.inputs.r1_post).dataobj, np.float64)
+        # A resampled validity mask below 1 means the voxel borrows from invalid neighbours.
+        valid = ((np.asarray(nb.load(self.inputs.valid_post).dataobj) > 0.999)
+                 & (np.asarray(nb.load(self.inputs.valid_pre).dataobj) > 0.999)
+                 & (pre > 0) & (post > 0))
+        agent = self.inputs.agent
+        dr1 = np.where(valid, delta_r1(post, pre), np.nan)
+        gd = gd_concentration_mM(dr1, agent["r1_per_mM_per_s"])
+        mass = mass_concentration_mg_per_L(gd, agent["particle_molar_mass_g_per_mol"],
+                                           agent["gd_per_particle"])
+        with np.errstate(divide="ignore"):
+            t1_pre = np.where(valid, 1.0 / pre, np.nan)
+            t1_post = np.where(valid, 1.0 / post, np.nan)
+        cwd = runtime.cwd
+        for key, data in (("delta_r1", dr1), ("gd_conc", gd), ("mass_conc", mass),
+                          ("t1_pre", t1_pre), ("t1_post", t1_post)):
+            self._results[key] = _save(data, pre_img, os.path.join(cwd, f"{key}.nii.gz"))
+        return runtime
+
+
+class _EnhancementInputSpec(BaseInterfaceInputSpec):
+    post = File(exists=True, mandatory=True, desc="post T1w in reference space")
+    pre = File(exists=True, mandatory=True, desc="baseline T1w")
+
+
+class _EnhancementOutputSpec(TraitedSpec):
+    enhancement = File(exists=True, desc="signal enhancement, percent")
+
+
+class SignalEnhancement(SimpleInterface):
+    """SE % = 100 (S_post − S_pre)/S_pre on the T1-weighted GRE (``qmri.uptake``)."""
+
+    input_spec = _EnhancementInputSpec
+    output_spec = _EnhancementOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..qmri.uptake import signal_enhancement_percent
+
+        pre_img = nb.load(self.inputs.pre)
+        pre = np.asarray(pre_img.dataobj, np.float64)
+        post = np.asarray(nb.load(self.inputs.post).dataobj, np.float64)
+        mask = signal_mask(pre)
+        se = np.where(mask, signal_enhancement_percent(post, pre), np.nan)
+        self._results["enhancement"] = _save(se, pre_img,
+                                             os.path.join(runtime.cwd, "enhancement.nii.gz"))
+        return runtime
+
+
+def write_json(path: str, data: dict) -> str:
+    """Small helper for interfaces that emit JSON next to their outputs."""
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=2)
+    return path

@@ -1,0 +1,253 @@
+"""Top-level workflows: the whole run, and one participant.
+
+Data flow (DESIGN.md §2): per timepoint a native-space T1 fit and a VFA → T1w registration;
+per post-agent timepoint a T1w → baseline T1w registration (lesions masked out of the metric);
+R1 maps resampled into the reference (baseline T1w) space; ΔR1 → mM Gd → mg/L; SE % on the
+T1w; contours into reference and native spaces; one lesion table per post-agent timepoint.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..bids import ParticipantPlan, bids_uri
+from ..config import AgentParameters, RunConfig
+from ..interfaces.ants import ApplyTransforms
+from ..interfaces.lesions import LesionTable, PrepareContours
+from ..interfaces.qmri import ComputeUptake, SignalEnhancement, SignalMask
+from .outputs import UNITS, ds_node, vfa_metadata
+from .registration import init_rigid_registration_wf
+from .t1map import init_vfa_t1map_wf
+
+
+def init_bids_agquant_wf(config: RunConfig, plans: list[ParticipantPlan],
+                         agents: dict[str, AgentParameters]):
+    """Root workflow: one sub-workflow per participant, run in ``config.work_dir``."""
+    from .. import __version__
+
+    major_minor = "_".join(__version__.split(".")[:2]).replace("+", "_")
+    workflow = pe.Workflow(name=f"bids_agquant_{major_minor}_wf", base_dir=str(config.work_dir))
+    for plan in plans:
+        participant_wf = init_participant_wf(plan, config, agents[plan.subject])
+        crash_dir = Path(config.output_dir) / f"sub-{plan.subject}" / "log" / config.run_uuid
+        participant_wf.config["execution"]["crashdump_dir"] = str(crash_dir)
+        for node in participant_wf._get_all_nodes():
+            node.config = deepcopy(participant_wf.config)
+        workflow.add_nodes([participant_wf])
+    return workflow
+
+
+def _resample(name, *, reference, interpolation="linear", out_name="resampled.nii.gz", **kw):
+    return pe.Node(ApplyTransforms(reference_image=str(reference), interpolation=interpolation,
+                                   out_name=out_name, **kw), name=name, mem_gb=1.0)
+
+
+def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentParameters):
+    """Uptake workflow of one participant.
+
+    Parameters
+    ----------
+    plan : ParticipantPlan
+        Images, parameters and contours resolved from the BIDS dataset.
+    config : RunConfig
+        Run options (seed, threads, sloppy, output directory, thresholds).
+    agent : AgentParameters
+        Relaxivity and particle constants for the concentration maps.
+    """
+    workflow = pe.Workflow(name=f"sub_{plan.subject}_wf")
+    out = str(config.output_dir)
+    bids_dir = Path(config.bids_dir)
+    base = plan.baseline
+    ref_label = plan.reference_label
+    ref_t1w = str(base.t1w)
+    ref_uri = bids_uri(base.t1w, bids_dir)
+    threads = config.omp_nthreads
+    reg_kw = {"seed": config.random_seed, "omp_nthreads": threads, "sloppy": config.sloppy}
+
+    # ---------------------------------------------------------------- T1 maps, native space
+    t1map_wfs, vfa_regs = {}, {}
+    for tp in [base, *plan.posts]:
+        suffix = tp.node_suffix
+        t1_wf = init_vfa_t1map_wf(tp, name=f"vfa_t1map_{suffix}_wf")
+        # VFA and T1w are separate acquisitions: the head may move in between.
+        vfa_reg = init_rigid_registration_wf(fixed_image=str(tp.t1w), name=f"reg_vfa_{suffix}_wf",
+                                             **reg_kw)
+        workflow.connect(t1_wf, "outputnode.reference_image", vfa_reg, "inputnode.moving_image")
+        t1map_wfs[tp.label], vfa_regs[tp.label] = t1_wf, vfa_reg
+        meta = vfa_metadata(tp, bids_dir)
+        for field, suffix_ in (("t1map", "T1map"), ("r1map", "R1map")):
+            ds = ds_node(output_dir=out, plan=plan, timepoint=tp, desc="vfa", suffix=suffix_,
+                         name=f"ds_{suffix_.lower()}_{suffix}",
+                         metadata={**meta, "Units": UNITS[suffix_]})
+            workflow.connect(t1_wf, f"outputnode.{field}", ds, "in_file")
+        ds_xfm = ds_node(output_dir=out, plan=plan, timepoint=tp, suffix="xfm",
+                         name=f"ds_xfm_vfa_{suffix}",
+                         metadata={"From": "VFA", "To": "T1w", "Type": "rigid (ANTs)",
+                                   "Sources": meta["Sources"][:1] + [bids_uri(tp.t1w, bids_dir)]},
+                         **{"from": "VFA", "to": "T1w"})
+        workflow.connect(vfa_reg, "outputnode.transform", ds_xfm, "in_file")
+
+    # ---------------------------------------------------------------- baseline into reference
+    base_vfa_xfm = pe.Node(niu.Merge(1), name="base_vfa_xfm")
+    workflow.connect(vfa_regs[base.label], "outputnode.transform", base_vfa_xfm, "in1")
+    r1_base_ref = _resample("r1_base_to_ref", reference=ref_t1w, out_name="r1.nii.gz")
+    valid_base_ref = _resample("valid_base_to_ref", reference=ref_t1w, out_name="valid.nii.gz")
+    for node, field in ((r1_base_ref, "r1map"), (valid_base_ref, "valid_mask")):
+        workflow.connect([
+            (t1map_wfs[base.label], node, [(f"outputnode.{field}", "input_image")]),
+            (base_vfa_xfm, node, [("out", "transforms")]),
+        ])
+    ds_r1_base = ds_node(output_dir=out, plan=plan, timepoint=base, space=ref_label, desc="vfa",
+                         suffix="R1map", name="ds_r1map_ref_baseline",
+                         metadata={**vfa_metadata(base, bids_dir), "Units": "1/s",
+                                   "SpatialReference": ref_uri, "Resampling": "linear"})
+    workflow.connect(r1_base_ref, "output_image", ds_r1_base, "in_file")
+
+    # ---------------------------------------------------------------- contours → reference
+    labels_ref = contour_tp = None
+    contours = plan.contours
+    if contours is not None:
+        prep = pe.Node(PrepareContours(in_file=str(contours.file), kind=contours.kind),
+                       name="prepare_contours")
+        labels_ref = _resample("contours_to_ref", reference=ref_t1w, interpolation="genericLabel",
+                               out_name="labels.nii.gz")
+        workflow.connect(prep, "labels", labels_ref, "input_image")
+        # Contours drawn on the baseline need no registration (only a regrid); contours drawn
+        # on another timepoint follow that timepoint's T1w → baseline transform.
+        contour_tp = next((tp for tp in plan.posts
+                           if tp.session == contours.session and tp.ceagent == contours.ceagent),
+                          None)
+        contours_root = Path(config.contours_dir or bids_dir / "derivatives" / "contours")
+        contour_meta = {"Sources": [bids_uri(contours.file, contours_root, "contours")]}
+        ds_labels_base = ds_node(output_dir=out, plan=plan, timepoint=base, desc="GTV",
+                                 suffix="dseg", name="ds_dseg_baseline",
+                                 metadata={**contour_meta, "SpatialReference": ref_uri,
+                                           "Resampling": "ANTs genericLabel"})
+        workflow.connect(labels_ref, "output_image", ds_labels_base, "in_file")
+
+    ref_mask = pe.Node(SignalMask(in_file=ref_t1w), name="ref_registration_mask")
+    if labels_ref is not None and (contour_tp is None):
+        workflow.connect(labels_ref, "output_image", ref_mask, "exclude_labels")
+
+    # ---------------------------------------------------------------- post-agent timepoints
+    for tp in plan.posts:
+        suffix = tp.node_suffix
+        tp_reg = init_rigid_registration_wf(fixed_image=ref_t1w, moving_image=str(tp.t1w),
+                                            name=f"reg_{suffix}_to_ref_wf", mem_gb=2.0, **reg_kw)
+        workflow.connect(ref_mask, "out_mask", tp_reg, "inputnode.fixed_mask")
+        ds_xfm = ds_node(output_dir=out, plan=plan, timepoint=tp, suffix="xfm",
+                         name=f"ds_xfm_{suffix}",
+                         metadata={"From": "orig", "To": ref_label, "Type": "rigid (ANTs)",
+                                   "Sources": [bids_uri(tp.t1w, bids_dir), ref_uri]},
+                         **{"from": "orig", "to": ref_label})
+        workflow.connect(tp_reg, "outputnode.transform", ds_xfm, "in_file")
+
+        # R1 and its validity into reference space: point p ↦ T_vfa(T_session(p)).
+        xfms = pe.Node(niu.Merge(2), name=f"xfms_{suffix}")
+        workflow.connect([
+            (tp_reg, xfms, [("outputnode.transform", "in1")]),
+            (vfa_regs[tp.label], xfms, [("outputnode.transform", "in2")]),
+        ])
+        r1_ref = _resample(f"r1_{suffix}_to_ref", reference=ref_t1w, out_name="r1.nii.gz")
+        valid_ref = _resample(f"valid_{suffix}_to_ref", reference=ref_t1w, out_name="valid.nii.gz")
+        for node, field in ((r1_ref, "r1map"), (valid_ref, "valid_mask")):
+            workflow.connect([
+                (t1map_wfs[tp.label], node, [(f"outputnode.{field}", "input_image")]),
+                (xfms, node, [("out", "transforms")]),
+            ])
+
+        uptake = pe.Node(ComputeUptake(agent=agent.__dict__), name=f"uptake_{suffix}", mem_gb=1.0)
+        workflow.connect([
+            (r1_ref, uptake, [("output_image", "r1_post")]),
+            (valid_ref, uptake, [("output_image", "valid_post")]),
+            (r1_base_ref, uptake, [("output_image", "r1_pre")]),
+            (valid_base_ref, uptake, [("output_image", "valid_pre")]),
+        ])
+
+        session_xfm = pe.Node(niu.Merge(1), name=f"session_xfm_{suffix}")
+        workflow.connect(tp_reg, "outputnode.transform", session_xfm, "in1")
+        t1w_ref = _resample(f"t1w_{suffix}_to_ref", reference=ref_t1w, input_image=str(tp.t1w),
+                            out_name="t1w.nii.gz")
+        workflow.connect(session_xfm, "out", t1w_ref, "transforms")
+        enhancement = pe.Node(SignalEnhancement(pre=ref_t1w), name=f"enhancement_{suffix}")
+        workflow.connect(t1w_ref, "output_image", enhancement, "post")
+
+        sources = [bids_uri(f, bids_dir) for f in [*tp.vfa.files, *base.vfa.files]]
+        map_meta = {"Sources": sources, "SpatialReference": ref_uri,
+                    "BaselineTimepoint": base.label,
+                    "EstimationAlgorithm": "linear DESPOT1 T1 maps, resampled (linear) to the "
+                                           "baseline T1w", "SkullStripped": False}
+        agent_meta = agent.as_metadata()
+        for field, suffix_, extra in (
+            ("delta_r1", "deltaR1map", {}),
+            ("gd_conc", "Gdconc", agent_meta),
+            ("mass_conc", "massconc", {**agent_meta, "MassPerMillimolarGd": agent.mg_per_L_per_mM}),
+        ):
+            ds = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc="vfa",
+                         suffix=suffix_, name=f"ds_{suffix_.lower()}_{suffix}",
+                         metadata={**map_meta, **extra, "Units": UNITS[suffix_]})
+            workflow.connect(uptake, field, ds, "in_file")
+        ds_r1 = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc="vfa",
+                        suffix="R1map", name=f"ds_r1map_ref_{suffix}",
+                        metadata={**vfa_metadata(tp, bids_dir), "Units": "1/s",
+                                  "SpatialReference": ref_uri, "Resampling": "linear"})
+        workflow.connect(r1_ref, "output_image", ds_r1, "in_file")
+        ds_se = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc="t1w",
+                        suffix="enhancement", name=f"ds_enhancement_{suffix}",
+                        metadata={"Sources": [bids_uri(tp.t1w, bids_dir), ref_uri],
+                                  "SpatialReference": ref_uri, "Units": "%",
+                                  "Description": "100 (S_post - S_pre) / S_pre on the T1w GRE",
+                                  "SkullStripped": False})
+        workflow.connect(enhancement, "enhancement", ds_se, "in_file")
+
+        if labels_ref is None:
+            continue
+        labels_native = _resample(f"contours_to_{suffix}", reference=str(tp.t1w),
+                                  interpolation="genericLabel", out_name="labels.nii.gz",
+                                  invert=[True])
+        workflow.connect([
+            (labels_ref, labels_native, [("output_image", "input_image")]),
+            (session_xfm, labels_native, [("out", "transforms")]),
+        ])
+        if contour_tp is not None and contour_tp.label == tp.label:
+            # Contours drawn on this timepoint: go to the reference through its inverse
+            # transform (T1w grid → baseline), and cut the lesions out of its own metric mask.
+            workflow.disconnect(prep, "labels", labels_ref, "input_image")
+            labels_ref.inputs.invert = [False]
+            workflow.connect([
+                (prep, labels_ref, [("labels", "input_image")]),
+                (session_xfm, labels_ref, [("out", "transforms")]),
+            ])
+        table = pe.Node(LesionTable(timepoint=tp.label,
+                                    measurable_threshold_mm=config.measurable_threshold_mm,
+                                    hours_post_injection=tp.hours_post_injection),
+                        name=f"lesion_table_{suffix}")
+        if contours.names_tsv is not None:
+            table.inputs.names_tsv = str(contours.names_tsv)
+        workflow.connect([
+            (labels_ref, table, [("output_image", "labels")]),
+            (uptake, table, [("gd_conc", "gd_conc"), ("mass_conc", "mass_conc"),
+                             ("delta_r1", "delta_r1"), ("t1_pre", "t1_pre"),
+                             ("t1_post", "t1_post")]),
+            (enhancement, table, [("enhancement", "enhancement")]),
+        ])
+        ds_table = ds_node(output_dir=out, plan=plan, timepoint=tp, desc="vfa",
+                           suffix="lesions", extension=".tsv", name=f"ds_lesions_{suffix}")
+        workflow.connect([
+            (table, ds_table, [("out_tsv", "in_file"), ("out_json", "sidecar_file")]),
+        ])
+        for node, space, name in ((labels_ref, ref_label, f"ds_dseg_ref_{suffix}"),
+                                  (labels_native, None, f"ds_dseg_{suffix}")):
+            entities = {"desc": "GTV", "suffix": "dseg"}
+            meta = dict(contour_meta)
+            if space:
+                entities["space"] = space
+                meta["SpatialReference"] = ref_uri
+            ds = ds_node(output_dir=out, plan=plan, timepoint=tp, name=name, metadata=meta,
+                         **entities)
+            workflow.connect(node, "output_image", ds, "in_file")
+    return workflow

@@ -1,0 +1,126 @@
+"""Command line: arguments, plan, exit codes and messages on bad input (no workflow run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bids_agquant.bids import collect_plan, load_layout
+from bids_agquant.cli.parser import parse_args
+from bids_agquant.cli.run import main
+from bids_agquant.config import RunConfig, resolve_agent
+
+
+def _copy_raw(dro, tmp_path):
+    """A private copy of the reference raw dataset (with its contours) that a test may break."""
+    dest = tmp_path / "bids"
+    shutil.copytree(dro.bids_dir, dest)
+    return dest
+
+
+def test_labels_strip_prefixes_and_aliases():
+    opts = parse_args(["/b", "/o", "participant", "--participant_label", "sub-01", "02",
+                       "--session-label", "ses-D1", "--baseline-session", "ses-D0"])
+    assert opts.participant_label == ["01", "02"]
+    assert opts.session_label == ["D1"]
+    assert opts.baseline_session == "D0"
+
+
+def test_usage_error_exits_64(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["/b", "/o", "everything"])
+    assert exc.value.code == 64
+
+
+def test_run_config_toml_round_trip(tmp_path):
+    config = RunConfig(tmp_path / "b", tmp_path / "o", "participant", tmp_path / "w",
+                       participant_label=["01"], plugin_args={"n_procs": 2}, r1=6.7)
+    assert RunConfig.from_toml(config.to_toml()) == config
+
+
+def test_agent_presets():
+    assert resolve_agent("AGuIX").r1_per_mM_per_s == 8.9
+    mp2rage = resolve_agent("aguix-mp2rage")
+    assert mp2rage.mg_per_L_per_mM == pytest.approx(4000 / 3)
+    assert resolve_agent("dotarem", field_strength_T=1.5).r1_per_mM_per_s == 3.6
+    assert resolve_agent("aguix", r1=7.0).r1_per_mM_per_s == 7.0
+    with pytest.raises(ValueError, match="unknown agent"):
+        resolve_agent("unobtainium")
+    with pytest.raises(ValueError, match="no relaxivity at 7 T"):
+        resolve_agent("aguix", field_strength_T=7.0)
+
+
+def test_plan_of_reference_dataset(dro2mm):
+    layout = load_layout(dro2mm.bids_dir)
+    plan = collect_plan(layout, "01", contours_dir=dro2mm.contours_dir)
+    assert plan.baseline.session == "D0"
+    assert [tp.session for tp in plan.posts] == ["D1", "D8"]
+    assert plan.baseline.vfa.flip_angles_deg == [2.0, 5.0, 10.0, 15.0]
+    assert plan.baseline.vfa.repetition_time_s == pytest.approx(0.015)
+    assert plan.baseline.b1map is not None
+    assert plan.contours is not None and plan.contours.session == "D0"
+    assert plan.dose_mg_per_kg == 100.0
+    assert plan.posts[0].hours_post_injection == pytest.approx(2.0)
+    only_d8 = collect_plan(layout, "01", session_labels=["D8"], contours_dir=dro2mm.contours_dir)
+    assert [tp.session for tp in only_d8.posts] == ["D8"]
+
+
+def test_missing_bids_dir_exits_66(tmp_path, caplog):
+    code = main([str(tmp_path / "nowhere"), str(tmp_path / "out"), "participant"])
+    assert code == 66
+    assert "nowhere" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_inside_input_is_refused(dro2mm, tmp_path):
+    bids = _copy_raw(dro2mm, tmp_path)
+    code = main([str(bids), str(bids / "out"), "participant", "--skip-bids-validation"])
+    assert code == 64
+    assert not (bids / "out").exists()
+
+
+def test_missing_vfa_names_the_folder_and_exits_66(dro2mm, tmp_path, caplog):
+    bids = _copy_raw(dro2mm, tmp_path)
+    for f in (bids / "sub-01" / "ses-D0" / "anat").glob("*_VFA.*"):
+        f.unlink()
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--participant-label", "01",
+                 "--skip-bids-validation", "-w", str(tmp_path / "work")])
+    assert code == 66
+    assert "sub-01/ses-D0/anat" in caplog.text and "VFA" in caplog.text
+    assert not out.exists()  # nothing half-written
+
+
+def test_missing_sidecar_key_names_file_and_key(dro2mm, tmp_path, caplog):
+    bids = _copy_raw(dro2mm, tmp_path)
+    sidecar = bids / "sub-01" / "ses-D1" / "anat" / "sub-01_ses-D1_flip-2_VFA.json"
+    meta = json.loads(sidecar.read_text())
+    meta.pop("FlipAngle")
+    sidecar.write_text(json.dumps(meta))
+    # also no inherited value anywhere above it
+    for top in bids.glob("*VFA.json"):
+        top_meta = json.loads(top.read_text())
+        top_meta.pop("FlipAngle", None)
+        top.write_text(json.dumps(top_meta))
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "01",
+                 "--skip-bids-validation", "-w", str(tmp_path / "work")])
+    assert code == 66
+    assert "sub-01_ses-D1_flip-2_VFA" in caplog.text and "FlipAngle" in caplog.text
+
+
+def test_unknown_participant_exits_66(dro2mm, tmp_path, caplog):
+    code = main([str(dro2mm.bids_dir), str(tmp_path / "out"), "participant",
+                 "--participant-label", "99", "--skip-bids-validation"])
+    assert code == 66
+    assert "sub-99" in caplog.text
+
+
+def test_invalid_bids_exits_16(dro2mm, tmp_path):
+    if shutil.which("bids-validator-deno") is None:
+        pytest.skip("bids-validator-deno is not installed (pip install '.[test]')")
+    bids = _copy_raw(dro2mm, tmp_path)
+    (bids / "dataset_description.json").write_text("{}")
+    code = main([str(bids), str(tmp_path / "out"), "participant"])
+    assert code == 16

@@ -1,0 +1,207 @@
+"""End to end through the CLI on the reference dataset (2 mm, default SNR), against its truth.
+
+One demo run (reference dataset → participant → group) is shared by every test here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_agquant.cli.demo import main as demo_main
+from bids_agquant.cli.run import main as run_main
+from bids_agquant.interfaces.ants import ants_transform_to_ras
+
+pytestmark = pytest.mark.slow
+
+POST_SESSIONS = ("D1", "D8")
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    code = demo_main([str(root), "--nprocs", "2"])
+    assert code == 0
+    return {
+        "root": root,
+        "bids": root / "bids",
+        "truth": root / "bids_truth",
+        "out": root / "derivatives" / "bids-agquant",
+        "work": root / "work",
+    }
+
+
+def _truth_lesions(demo) -> pd.DataFrame:
+    return pd.read_csv(demo["truth"] / "lesions.tsv", sep="\t")
+
+
+def _participants(demo) -> pd.DataFrame:
+    return pd.read_csv(demo["bids"] / "participants.tsv", sep="\t", na_values=["n/a"])
+
+
+def _estimated(demo, participant_id: str, session: str) -> pd.DataFrame:
+    sub = participant_id.removeprefix("sub-")
+    path = (demo["out"] / participant_id / f"ses-{session}" / "anat"
+            / f"sub-{sub}_ses-{session}_desc-vfa_lesions.tsv")
+    return pd.read_csv(path, sep="\t", na_values=["n/a"])
+
+
+def test_every_output_named_per_design(demo):
+    out = demo["out"]
+    for name in ("dataset_description.json", ".bidsignore", "descriptions.tsv",
+                 "group_lesions.tsv", "group_participants.tsv"):
+        assert (out / name).is_file(), name
+    for pid in _participants(demo)["participant_id"]:
+        sub = pid.removeprefix("sub-")
+        base = out / pid / "ses-D0" / "anat"
+        for name in (f"sub-{sub}_ses-D0_desc-vfa_T1map.nii.gz",
+                     f"sub-{sub}_ses-D0_desc-vfa_R1map.nii.gz",
+                     f"sub-{sub}_ses-D0_space-D0_desc-vfa_R1map.nii.gz",
+                     f"sub-{sub}_ses-D0_desc-GTV_dseg.nii.gz"):
+            assert (base / name).is_file(), name
+        for ses in POST_SESSIONS:
+            anat = out / pid / f"ses-{ses}" / "anat"
+            stem = f"sub-{sub}_ses-{ses}"
+            expected = [
+                f"{stem}_desc-vfa_T1map.nii.gz", f"{stem}_desc-vfa_R1map.nii.gz",
+                f"{stem}_space-D0_desc-vfa_R1map.nii.gz",
+                f"{stem}_space-D0_desc-vfa_deltaR1map.nii.gz",
+                f"{stem}_space-D0_desc-vfa_Gdconc.nii.gz",
+                f"{stem}_space-D0_desc-vfa_massconc.nii.gz",
+                f"{stem}_space-D0_desc-t1w_enhancement.nii.gz",
+                f"{stem}_space-D0_desc-GTV_dseg.nii.gz", f"{stem}_desc-GTV_dseg.nii.gz",
+                f"{stem}_from-orig_to-D0_mode-image_xfm.mat",
+                f"{stem}_desc-vfa_lesions.tsv", f"{stem}_desc-vfa_lesions.json",
+            ]
+            for name in expected:
+                assert (anat / name).is_file(), name
+            for nii in anat.glob("*.nii.gz"):
+                sidecar = json.loads(Path(str(nii).replace(".nii.gz", ".json")).read_text())
+                assert sidecar["Sources"], nii.name
+                if "_dseg" not in nii.name:
+                    assert "Units" in sidecar, nii.name
+            gd_meta = json.loads((anat / f"{stem}_space-D0_desc-vfa_Gdconc.json").read_text())
+            assert gd_meta["Units"] == "mmol/L"
+            assert gd_meta["Relaxivity"] == pytest.approx(8.9)
+            assert gd_meta["SpatialReference"].endswith(f"sub-{sub}_ses-D0_T1w.nii.gz")
+
+
+def test_lesion_table_columns(demo):
+    table = _estimated(demo, "sub-01", "D1")
+    required = ["lesion_id", "timepoint", "volume_ml", "n_voxels", "equiv_diameter_mm",
+                "longest_diameter_mm", "measurable", "gd_mM_mean", "gd_mM_sd", "gd_mM_median",
+                "gd_mM_p25", "gd_mM_p75", "mass_mg_per_L_mean", "deltaR1_mean",
+                "t1_baseline_s_mean", "t1_post_s_mean", "se_percent_mean", "negative_fraction"]
+    assert not set(required) - set(table.columns)
+    dictionary = json.loads((demo["out"] / "sub-01" / "ses-D1" / "anat"
+                             / "sub-01_ses-D1_desc-vfa_lesions.json").read_text())
+    assert dictionary["gd_mM_mean"]["Units"] == "mmol/L"
+    # Lesion identity is the contour label: the same ids at D1 and D8.
+    assert list(table["lesion_id"]) == list(_estimated(demo, "sub-01", "D8")["lesion_id"])
+
+
+def test_d1_gd_within_tolerance_of_truth(demo):
+    truth = _truth_lesions(demo)
+    participants = _participants(demo)
+    treated = participants[participants["agent"].str.lower() != "placebo"]["participant_id"]
+    checked = 0
+    for pid in treated:
+        est = _estimated(demo, pid, "D1").set_index("lesion_id")
+        rows = truth[(truth["participant_id"] == pid) & (truth["session"] == "D1")]
+        for _, row in rows.iterrows():
+            if row["longest_diameter_mm"] < 10.0:
+                continue
+            estimate = est.loc[int(row["lesion_id"]), "gd_mM_mean"]
+            tolerance = max(0.005, 0.10 * abs(row["gd_mM_mean"]))
+            assert abs(estimate - row["gd_mM_mean"]) <= tolerance, (
+                pid, int(row["lesion_id"]), estimate, row["gd_mM_mean"])
+            checked += 1
+    assert checked >= 2 * len(treated)
+
+
+def test_placebo_mean_near_zero(demo):
+    participants = _participants(demo)
+    placebo = participants[participants["agent"].str.lower() == "placebo"]["participant_id"]
+    assert len(placebo) == 1
+    for ses in POST_SESSIONS:
+        est = _estimated(demo, placebo.iloc[0], ses)
+        assert (est["gd_mM_mean"].abs() < 0.003).all(), est[["lesion_id", "gd_mM_mean"]]
+
+
+def test_measurable_flag_and_size_match_truth(demo):
+    truth = _truth_lesions(demo)
+    for pid in _participants(demo)["participant_id"]:
+        est = _estimated(demo, pid, "D1").set_index("lesion_id")
+        rows = truth[(truth["participant_id"] == pid) & (truth["session"] == "D1")]
+        for _, row in rows.iterrows():
+            lesion = est.loc[int(row["lesion_id"])]
+            voxel_mm = 2.0
+            assert abs(lesion["equiv_diameter_mm"] - row["equiv_diameter_mm"]) <= voxel_mm
+            assert bool(lesion["measurable"]) == bool(row["measurable"])
+
+
+def _brain_points(demo, pid) -> np.ndarray:
+    mask_img = nb.load(demo["truth"] / pid / f"{pid}_space-D0_desc-brain_mask.nii.gz")
+    ijk = np.argwhere(np.asarray(mask_img.dataobj) > 0)
+    return nb.affines.apply_affine(mask_img.affine, ijk)
+
+
+def test_registration_matches_true_motion(demo):
+    transforms = json.loads((demo["truth"] / "transforms.json").read_text())
+    out = demo["out"]
+    for pid in _participants(demo)["participant_id"]:
+        sub = pid.removeprefix("sub-")
+        points = _brain_points(demo, pid)
+        for ses in ("D0", *POST_SESSIONS):
+            anat = out / pid / f"ses-{ses}" / "anat"
+            pose_t1w = np.array(transforms[pid][ses]["T1w"])
+            pose_vfa = np.array(transforms[pid][ses]["VFA"])
+            checks = [(anat / f"sub-{sub}_ses-{ses}_from-VFA_to-T1w_mode-image_xfm.mat",
+                       pose_vfa @ np.linalg.inv(pose_t1w), pose_t1w)]
+            if ses != "D0":
+                checks.append((anat / f"sub-{sub}_ses-{ses}_from-orig_to-D0_mode-image_xfm.mat",
+                               pose_t1w, np.eye(4)))
+            for xfm, truth, fixed_pose in checks:
+                # Evaluate over the brain as it sits in the fixed image of that registration.
+                fixed_points = nb.affines.apply_affine(fixed_pose, points)
+                estimated = ants_transform_to_ras(xfm)
+                error = np.linalg.norm(nb.affines.apply_affine(estimated, fixed_points)
+                                       - nb.affines.apply_affine(truth, fixed_points), axis=1)
+                assert error.mean() < 1.0, (xfm.name, error.mean())
+
+
+def test_derivatives_pass_bids_validator(demo):
+    exe = shutil.which("bids-validator-deno")
+    if exe is None:
+        pytest.skip("bids-validator-deno is not installed (pip install '.[test]')")
+    proc = subprocess.run([exe, "--no-color", "--ignoreWarnings", "--format", "json",
+                           str(demo["out"])], capture_output=True, text=True, check=False)
+    report = json.loads(proc.stdout)
+    errors = [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
+    assert errors == [], errors[:5]
+    assert proc.returncode == 0
+
+
+def test_group_table_gathers_every_participant(demo):
+    group = pd.read_csv(demo["out"] / "group_lesions.tsv", sep="\t")
+    truth = _truth_lesions(demo)
+    assert set(group["participant_id"]) == set(_participants(demo)["participant_id"])
+    assert len(group) == len(truth[truth["session"] != "D0"])
+
+
+def test_rerun_reuses_the_nipype_cache(demo):
+    reg_results = sorted(demo["work"].glob("**/register/transform.mat"))
+    assert reg_results
+    before = {p: p.stat().st_mtime_ns for p in reg_results}
+    code = run_main([str(demo["bids"]), str(demo["out"]), "participant", "-w", str(demo["work"]),
+                     "--participant-label", "01", "--skip-bids-validation"])
+    assert code == 0
+    for path, mtime in before.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
