@@ -343,6 +343,13 @@ def collect_plan(
 
     meta = _participant_metadata(bids_dir, subject)
     contours = find_contours(contours_dir, subject) if contours_dir else None
+    if contours is not None:
+        known = {(baseline.session, None)} | {(tp.session, tp.ceagent) for tp in posts}
+        if (contours.session, contours.ceagent) not in known and not (
+            contours.session == baseline.session and contours.ceagent is not None
+        ):
+            raise InputError(f"{contours.file}: contours belong to ses-{contours.session}, which "
+                             "has no processed timepoint to register them through")
     plan = ParticipantPlan(subject, baseline, posts, contours, **meta)
     if not posts:
         plan.notes.append("only a baseline timepoint: T1/R1 maps only, nothing to compare")
@@ -413,10 +420,10 @@ DESCRIPTIONS = {
 
 BIDSIGNORE = [
     "*.html",
-    "figures/",
-    "logs/",
-    "sub-*/log/",
-    "*_xfm.mat",
+    "sub-*/figures",
+    "logs",
+    "sub-*/log",  # crash files and run configuration (the validator wants no trailing slash)
+    "*_xfm.*",
     "*_deltaR1map.*",
     "*_Gdconc.*",
     "*_massconc.*",
@@ -464,5 +471,5 @@ def write_derivative_description(output_dir: Path, bids_dir: Path, *, contours_d
     atomic_write_text(output_dir / "dataset_description.json",
                       json.dumps(description, indent=2) + "\n")
     atomic_write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
-    rows = ["desc_id\tdescription"] + [f"{k}\t{v}" for k, v in DESCRIPTIONS.items()]
+    rows = ["desc_id\tdescription"] + [f"desc-{k}\t{v}" for k, v in DESCRIPTIONS.items()]
     atomic_write_text(output_dir / "descriptions.tsv", "\n".join(rows) + "\n")

@@ -28,6 +28,9 @@ def _setup_logging(verbosity: int) -> None:
     level = logging.DEBUG if verbosity > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
+    # Nipype has its own handlers: stop its records from being printed twice via the root.
+    for name in ("nipype", "nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).propagate = False
     logging.getLogger("nipype.workflow").setLevel(logging.INFO if verbosity else logging.WARNING)
     logging.getLogger("nipype.interface").setLevel(logging.WARNING)
 
