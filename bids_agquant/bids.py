@@ -359,6 +359,18 @@ def collect_plan(
 
 
 # --------------------------------------------------------------------------- derivatives
+def find_validator() -> str | None:
+    """``bids-validator-deno`` on PATH, or beside this Python (a venv used without activation)."""
+    import shutil
+    import sys
+
+    exe = shutil.which("bids-validator-deno")
+    if exe:
+        return exe
+    local = Path(sys.executable).with_name("bids-validator-deno")
+    return str(local) if local.exists() else None
+
+
 def path_patterns() -> list[str]:
     """pybids path patterns for every output this app writes."""
     text = resources.files("bids_agquant.data").joinpath("derivatives.json").read_text()

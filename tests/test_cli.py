@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from bids_agquant.bids import collect_plan, load_layout
+from bids_agquant.bids import collect_plan, find_validator, load_layout
 from bids_agquant.cli.parser import parse_args
 from bids_agquant.cli.run import main
 from bids_agquant.config import RunConfig, resolve_agent
@@ -118,7 +118,7 @@ def test_unknown_participant_exits_66(dro2mm, tmp_path, caplog):
 
 
 def test_invalid_bids_exits_16(dro2mm, tmp_path):
-    if shutil.which("bids-validator-deno") is None:
+    if find_validator() is None:
         pytest.skip("bids-validator-deno is not installed (pip install '.[test]')")
     bids = _copy_raw(dro2mm, tmp_path)
     (bids / "dataset_description.json").write_text("{}")

@@ -6,7 +6,6 @@ One demo run (reference dataset → participant → group) is shared by every te
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bids_agquant.bids import find_validator
 from bids_agquant.cli.demo import main as demo_main
 from bids_agquant.cli.run import main as run_main
 from bids_agquant.interfaces.ants import ants_transform_to_ras
@@ -178,7 +178,7 @@ def test_registration_matches_true_motion(demo):
 
 
 def test_derivatives_pass_bids_validator(demo):
-    exe = shutil.which("bids-validator-deno")
+    exe = find_validator()
     if exe is None:
         pytest.skip("bids-validator-deno is not installed (pip install '.[test]')")
     proc = subprocess.run([exe, "--no-color", "--ignoreWarnings", "--format", "json",

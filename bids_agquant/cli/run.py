@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -16,7 +15,14 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import __version__
-from ..bids import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, InputError, write_derivative_description
+from ..bids import (
+    EX_CANTCREAT,
+    EX_DATAERR,
+    EX_NOINPUT,
+    InputError,
+    find_validator,
+    write_derivative_description,
+)
 from ..config import PLACEBO_NAMES, RunConfig, resolve_agent
 from .parser import EX_USAGE, parse_args
 
@@ -91,7 +97,7 @@ def check_paths(config: RunConfig) -> None:
 
 def validate_bids(bids_dir: Path) -> None:
     """Run bids-validator-deno on the input; raise InputError(16) when it reports errors."""
-    exe = shutil.which("bids-validator-deno")
+    exe = find_validator()
     if exe is None:
         LOGGER.warning("bids-validator-deno not found: input not validated")
         return
