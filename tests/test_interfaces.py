@@ -1,0 +1,129 @@
+"""Nipype interfaces run as nodes on small images (NiPreps pattern)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nb
+import numpy as np
+import pytest
+from nipype.pipeline import engine as pe
+
+from bids_agquant.interfaces.ants import (
+    ApplyTransforms,
+    RigidRegistration,
+    ants_transform_to_ras,
+)
+from bids_agquant.interfaces.bids import DerivativesSink
+from bids_agquant.interfaces.lesions import PrepareContours
+from bids_agquant.interfaces.qmri import FitVFA
+from bids_agquant.qmri.vfa import spgr_signal
+
+
+def _nifti(path, data, affine=None):
+    nb.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine).to_filename(path)
+    return str(path)
+
+
+def test_fit_vfa_node_with_percent_b1(tmp_path):
+    shape = (12, 10, 8)
+    t1 = np.full(shape, 1.2)
+    t1[3:9, 3:7, 2:6] = 0.5
+    b1 = np.full(shape, 0.8)
+    flips = [2.0, 5.0, 10.0, 15.0]
+    files = [_nifti(tmp_path / f"flip{i}.nii.gz",
+                    spgr_signal(1000.0, t1, fa, 0.015, b1=b1).astype(np.float32))
+             for i, fa in enumerate(flips)]
+    b1_file = _nifti(tmp_path / "b1.nii.gz", (100 * b1).astype(np.float32))
+    node = pe.Node(FitVFA(in_files=files, flip_angles_deg=flips, repetition_time_s=0.015,
+                          b1_map=b1_file, b1_units="percent"),
+                   name="fit", base_dir=str(tmp_path))
+    result = node.run()
+    est = np.asarray(nb.load(result.outputs.t1map).dataobj)
+    inner = np.zeros(shape, bool)
+    inner[2:-2, 2:-2, 2:-2] = True  # the signal mask's morphology may trim the border
+    np.testing.assert_allclose(est[inner], t1[inner], rtol=5e-3)
+    assert "percent" in result.outputs.b1_decision.lower()
+
+
+def test_prepare_contours_labels_mask_components(tmp_path):
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:5, 2:5, 2:5] = 1
+    mask[10:15, 10:15, 10:15] = 1
+    node = pe.Node(PrepareContours(in_file=_nifti(tmp_path / "m.nii.gz", mask), kind="mask"),
+                   name="prep", base_dir=str(tmp_path))
+    result = node.run()
+    assert result.outputs.n_lesions == 2
+    labels = np.asarray(nb.load(result.outputs.labels).dataobj)
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_prepare_contours_rejects_non_integer_labels(tmp_path):
+    bad = _nifti(tmp_path / "bad.nii.gz", np.full((4, 4, 4), 0.5, np.float32))
+    node = pe.Node(PrepareContours(in_file=bad), name="prep", base_dir=str(tmp_path))
+    with pytest.raises(Exception, match="integers"):
+        node.run()
+
+
+def test_derivatives_sink_names_and_sidecar(tmp_path):
+    src = _nifti(tmp_path / "x.nii.gz", np.zeros((2, 2, 2), np.float32))
+    out = tmp_path / "out"
+    node = pe.Node(DerivativesSink(in_file=src, base_directory=str(out),
+                                   entities={"subject": "01", "session": "D1", "space": "D0",
+                                             "desc": "vfa", "suffix": "Gdconc"},
+                                   metadata={"Units": "mmol/L"}),
+                   name="ds", base_dir=str(tmp_path / "work"))
+    result = node.run()
+    expected = out / "sub-01/ses-D1/anat/sub-01_ses-D1_space-D0_desc-vfa_Gdconc.nii.gz"
+    assert result.outputs.out_file == str(expected) and expected.is_file()
+    sidecar = json.loads(expected.with_name(expected.name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar == {"Units": "mmol/L"}
+    assert not list(expected.parent.glob(".*.tmp"))  # atomic copy leaves no temporary
+
+
+@pytest.fixture(scope="module")
+def session_pair(dro2mm):
+    anat = dro2mm.bids_dir / "sub-01"
+    truth = json.loads((dro2mm.truth_dir / "transforms.json").read_text())["sub-01"]
+    return (str(anat / "ses-D0/anat/sub-01_ses-D0_T1w.nii.gz"),
+            str(anat / "ses-D1/anat/sub-01_ses-D1_T1w.nii.gz"),
+            np.array(truth["D1"]["T1w"]))
+
+
+def test_rigid_registration_recovers_motion_and_is_deterministic(session_pair, tmp_path):
+    fixed, moving, truth = session_pair
+    transforms = []
+    for run in ("a", "b"):
+        node = pe.Node(RigidRegistration(fixed_image=fixed, moving_image=moving,
+                                         random_seed=42, num_threads=1),
+                       name=f"reg_{run}", base_dir=str(tmp_path))
+        result = node.run()
+        assert str(tmp_path) in result.outputs.transform  # written inside the node directory
+        transforms.append(result.outputs.transform)
+    with open(transforms[0], "rb") as a, open(transforms[1], "rb") as b:
+        assert a.read() == b.read(), "same seed, one thread: transforms must be bit-identical"
+    fixed_img = nb.load(fixed)
+    data = np.asarray(fixed_img.dataobj)
+    points = nb.affines.apply_affine(fixed_img.affine, np.argwhere(data > 0.3 * data.max()))
+    assert len(points) > 10000
+    estimated = ants_transform_to_ras(transforms[0])
+    error = np.linalg.norm(nb.affines.apply_affine(estimated, points)
+                           - nb.affines.apply_affine(truth, points), axis=1)
+    identity_error = np.linalg.norm(points - nb.affines.apply_affine(truth, points), axis=1)
+    assert identity_error.mean() > 4.0  # the motion is real
+    assert error.mean() < 0.2
+
+
+def test_apply_transforms_keeps_labels(session_pair, tmp_path):
+    fixed, moving, _ = session_pair
+    ref = nb.load(fixed)
+    labels = np.zeros(ref.shape, np.int16)
+    labels[40:50, 50:60, 40:50] = 3
+    labels[60:66, 50:56, 40:46] = 7
+    label_file = _nifti(tmp_path / "labels.nii.gz", labels, ref.affine)
+    node = pe.Node(ApplyTransforms(input_image=label_file, reference_image=moving,
+                                   interpolation="genericLabel"),
+                   name="apply", base_dir=str(tmp_path))
+    out = np.asarray(nb.load(node.run().outputs.output_image).dataobj)
+    assert out.dtype == np.int16
+    assert set(np.unique(out)) == {0, 3, 7}
