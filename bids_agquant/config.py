@@ -137,15 +137,26 @@ def resolve_agent(
     )
 
 
-def load_registration_parameters(sloppy: bool = False) -> dict:
-    """antspyx registration keyword arguments (``data/registration_{precise,sloppy}.json``)."""
+def load_registration_parameters(sloppy: bool = False, voxel_size_mm: float = 1.0) -> dict:
+    """antspyx ``registration`` keyword arguments for images of ``voxel_size_mm``.
+
+    The parameter files (``data/registration_{precise,sloppy}.json``) give the multi-resolution
+    pyramid in millimetres; here each level becomes an integer shrink factor (at least 1) for
+    the actual voxel size, with Gaussian smoothing given in mm.
+    """
     fname = "registration_sloppy.json" if sloppy else "registration_precise.json"
-    params = json.loads(resources.files("bids_agquant.data").joinpath(fname).read_text())
-    params.pop("comment", None)
-    for key, value in params.items():
-        if isinstance(value, list):
-            params[key] = tuple(value)
-    return params
+    spec = json.loads(resources.files("bids_agquant.data").joinpath(fname).read_text())
+    shrink = [max(1, round(level / voxel_size_mm)) for level in spec["levels_mm"]]
+    return {
+        "type_of_transform": spec["type_of_transform"],
+        "aff_metric": spec["metric"],
+        "aff_sampling": spec["histogram_bins"],
+        "aff_random_sampling_rate": spec["random_sampling_rate"],
+        "aff_iterations": tuple(spec["iterations"]),
+        "aff_shrink_factors": tuple(shrink),
+        "aff_smoothing_sigmas": tuple(spec["smoothing_sigmas_mm"]),
+        "smoothing_in_mm": True,
+    }
 
 
 @dataclass

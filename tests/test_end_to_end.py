@@ -6,6 +6,7 @@ One demo run (reference dataset → participant → group) is shared by every te
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -196,12 +197,35 @@ def test_group_table_gathers_every_participant(demo):
     assert len(group) == len(truth[truth["session"] != "D0"])
 
 
-def test_rerun_reuses_the_nipype_cache(demo):
+def _snapshot(root: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def test_rerun_reuses_the_nipype_cache_and_leaves_input_untouched(demo):
     reg_results = sorted(demo["work"].glob("**/register/transform.mat"))
     assert reg_results
     before = {p: p.stat().st_mtime_ns for p in reg_results}
+    raw_before = _snapshot(demo["bids"])
     code = run_main([str(demo["bids"]), str(demo["out"]), "participant", "-w", str(demo["work"]),
-                     "--participant-label", "01", "--skip-bids-validation"])
+                     "--participant-label", "01"])
     assert code == 0
     for path, mtime in before.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was recomputed"
+    assert _snapshot(demo["bids"]) == raw_before, "the input dataset was written to"
+
+
+def test_failed_node_exits_1_with_crash_file(demo, tmp_path):
+    bids = tmp_path / "bids"
+    shutil.copytree(demo["bids"], bids)
+    # A VFA image on another grid passes planning but makes the T1 fit fail.
+    flip = bids / "sub-01" / "ses-D8" / "anat" / "sub-01_ses-D8_flip-2_VFA.nii.gz"
+    img = nb.load(flip)
+    nb.Nifti1Image(np.asarray(img.dataobj)[:-4], img.affine).to_filename(flip)
+    out = tmp_path / "out"
+    code = run_main([str(bids), str(out), "participant", "--participant-label", "01",
+                     "--session-label", "D8", "-w", str(tmp_path / "work"),
+                     "--skip-bids-validation", "--sloppy"])
+    assert code == 1
+    crashes = list((out / "sub-01" / "log").glob("*/crash-*.txt"))
+    assert crashes and "must share one grid" in crashes[0].read_text()
+    assert (out / "dataset_description.json").is_file()

@@ -62,7 +62,7 @@ class RigidRegistration(SimpleInterface):
         ants = _ants(self.inputs.num_threads, self.inputs.random_seed)
         fixed = ants.image_read(self.inputs.fixed_image)
         moving = ants.image_read(self.inputs.moving_image)
-        kwargs = load_registration_parameters(self.inputs.sloppy)
+        kwargs = load_registration_parameters(self.inputs.sloppy, min(fixed.spacing))
         if self.inputs.fixed_mask:
             kwargs["mask"] = ants.image_read(self.inputs.fixed_mask)
         if self.inputs.moving_mask:

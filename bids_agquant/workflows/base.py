@@ -8,6 +8,7 @@ T1w; contours into reference and native spaces; one lesion table per post-agent 
 
 from __future__ import annotations
 
+import dataclasses
 from copy import deepcopy
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
     for tp in plan.posts:
         suffix = tp.node_suffix
         tp_reg = init_rigid_registration_wf(fixed_image=ref_t1w, moving_image=str(tp.t1w),
-                                            name=f"reg_{suffix}_to_ref_wf", mem_gb=2.0, **reg_kw)
+                                            name=f"reg_{suffix}_to_ref_wf", **reg_kw)
         workflow.connect(ref_mask, "out_mask", tp_reg, "inputnode.fixed_mask")
         ds_xfm = ds_node(output_dir=out, plan=plan, timepoint=tp, suffix="xfm",
                          name=f"ds_xfm_{suffix}",
@@ -160,7 +161,8 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
                 (xfms, node, [("out", "transforms")]),
             ])
 
-        uptake = pe.Node(ComputeUptake(agent=agent.__dict__), name=f"uptake_{suffix}", mem_gb=1.0)
+        uptake = pe.Node(ComputeUptake(agent=dataclasses.asdict(agent)), name=f"uptake_{suffix}",
+                         mem_gb=1.0)
         workflow.connect([
             (r1_ref, uptake, [("output_image", "r1_post")]),
             (valid_ref, uptake, [("output_image", "valid_post")]),
