@@ -1,0 +1,47 @@
+"""Workflow construction (no execution) for the plans a dataset can produce."""
+
+from __future__ import annotations
+
+from bids_agquant.bids import collect_plan, load_layout
+from bids_agquant.config import RunConfig, resolve_agent
+from bids_agquant.workflows.base import init_participant_wf
+
+
+def _nodes(workflow) -> set[str]:
+    return set(workflow.list_node_names())
+
+
+def _config(tmp_path, dro):
+    return RunConfig(dro.bids_dir, tmp_path / "out", "participant", tmp_path / "work",
+                     contours_dir=dro.contours_dir)
+
+
+def test_full_plan_wires_every_timepoint(dro2mm, tmp_path):
+    plan = collect_plan(load_layout(dro2mm.bids_dir), "01", contours_dir=dro2mm.contours_dir)
+    names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
+    for tp in ("D0", "D1", "D8"):
+        assert f"vfa_t1map_{tp}_wf.fit_vfa" in names
+        assert f"reg_vfa_{tp}_wf.register" in names
+    for tp in ("D1", "D8"):
+        for node in (f"reg_{tp}_to_ref_wf.register", f"uptake_{tp}", f"lesion_table_{tp}",
+                     f"ds_gdconc_{tp}", f"ds_lesions_{tp}", f"contours_to_{tp}"):
+            assert node in names
+
+
+def test_plan_without_contours_writes_maps_but_no_tables(dro2mm, tmp_path):
+    plan = collect_plan(load_layout(dro2mm.bids_dir), "01", contours_dir=tmp_path / "none")
+    assert plan.contours is None
+    assert any("no GTV contours" in note for note in plan.notes)
+    names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
+    assert "ds_gdconc_D1" in names
+    assert not any(name.startswith("lesion_table") for name in names)
+
+
+def test_baseline_only_participant_still_gets_t1_maps(dro2mm, tmp_path):
+    plan = collect_plan(load_layout(dro2mm.bids_dir), "01", session_labels=["nonexistent"],
+                        contours_dir=dro2mm.contours_dir)
+    assert plan.posts == []
+    assert any("nothing to compare" in note for note in plan.notes)
+    names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
+    assert {"ds_t1map_D0", "ds_r1map_D0", "ds_r1map_ref_baseline"} <= names
+    assert not any(name.startswith("uptake") for name in names)
