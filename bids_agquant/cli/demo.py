@@ -9,6 +9,24 @@ from pathlib import Path
 from .parser import EX_USAGE
 
 
+def _print_comparison(group_tsv: Path, truth_tsv: Path) -> None:
+    """Estimated vs true mean Gd per lesion: what the reference dataset is for."""
+    import pandas as pd
+
+    est = pd.read_csv(group_tsv, sep="\t", na_values=["n/a"])
+    truth = pd.read_csv(truth_tsv, sep="\t")
+    truth["timepoint"] = "ses-" + truth["session"]
+    both = est.merge(truth, on=["participant_id", "timepoint", "lesion_id"],
+                     suffixes=("", "_true"))
+    print("\nmean Gd per lesion, estimated vs truth (mM):")
+    print(f"  {'participant':<12}{'timepoint':<10}{'lesion':>6}{'LD mm':>8}{'true':>9}"
+          f"{'estimated':>11}{'error':>9}")
+    for _, row in both.iterrows():
+        print(f"  {row['participant_id']:<12}{row['timepoint']:<10}{int(row['lesion_id']):>6}"
+              f"{row['longest_diameter_mm']:>8.1f}{row['gd_mM_mean_true']:>9.4f}"
+              f"{row['gd_mM_mean']:>11.4f}{row['gd_mM_mean'] - row['gd_mM_mean_true']:>+9.4f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="bids-agquant-demo",
@@ -43,6 +61,8 @@ def main(argv=None) -> int:
     if code == 0:
         code = run_main([*common, "group"])
     truth = root / "bids_truth"
+    if code == 0:
+        _print_comparison(out_dir / "group_lesions.tsv", truth / "lesions.tsv")
     print()
     print(f"raw dataset:       {bids_dir}")
     print(f"ground truth:      {truth}")

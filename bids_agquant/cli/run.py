@@ -39,6 +39,7 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger(name).propagate = False
     logging.getLogger("nipype.workflow").setLevel(logging.INFO if verbosity else logging.WARNING)
     logging.getLogger("nipype.interface").setLevel(logging.WARNING)
+    logging.getLogger("bidsschematools").setLevel(logging.WARNING)
 
 
 def _config_from_opts(opts) -> RunConfig:
