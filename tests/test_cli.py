@@ -124,3 +124,12 @@ def test_invalid_bids_exits_16(dro2mm, tmp_path):
     (bids / "dataset_description.json").write_text("{}")
     code = main([str(bids), str(tmp_path / "out"), "participant"])
     assert code == 16
+
+
+def test_unwritable_output_exits_73(dro2mm, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main([str(dro2mm.bids_dir), str(blocker / "out"), "participant",
+                 "--participant-label", "01", "--skip-bids-validation",
+                 "-w", str(tmp_path / "work")])
+    assert code == 73

@@ -45,3 +45,19 @@ def test_baseline_only_participant_still_gets_t1_maps(dro2mm, tmp_path):
     names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
     assert {"ds_t1map_D0", "ds_r1map_D0", "ds_r1map_ref_baseline"} <= names
     assert not any(name.startswith("uptake") for name in names)
+
+
+def test_contours_drawn_on_a_post_session_go_through_its_registration(dro2mm, tmp_path):
+    import dataclasses
+
+    import networkx as nx
+
+    plan = collect_plan(load_layout(dro2mm.bids_dir), "01", contours_dir=dro2mm.contours_dir)
+    plan.contours = dataclasses.replace(plan.contours, session="D1")
+    workflow = init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix"))
+    graph = workflow._create_flat_graph()
+    assert nx.is_directed_acyclic_graph(graph)
+    to_ref = next(n for n in graph.nodes if n.name == "contours_to_ref")
+    sources = {u.fullname.split(".")[-1] for u, v in graph.in_edges(to_ref)}
+    assert {"prepare_contours", "session_xfm_D1"} <= sources
+    assert to_ref.inputs.invert == [False]

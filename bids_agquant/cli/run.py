@@ -159,14 +159,14 @@ def run_participant(config: RunConfig) -> int:
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         config.work_dir.mkdir(parents=True, exist_ok=True)
+        write_derivative_description(config.output_dir, config.bids_dir,
+                                     contours_dir=config.contours_dir)
+        for plan in plans:
+            log_dir = config.output_dir / f"sub-{plan.subject}" / "log" / config.run_uuid
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (log_dir / "bids_agquant.toml").write_text(config.to_toml())
     except OSError as exc:
         raise InputError(f"cannot create output: {exc}", EX_CANTCREAT) from None
-    write_derivative_description(config.output_dir, config.bids_dir,
-                                 contours_dir=config.contours_dir)
-    for plan in plans:
-        log_dir = config.output_dir / f"sub-{plan.subject}" / "log" / config.run_uuid
-        log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / "bids_agquant.toml").write_text(config.to_toml())
 
     nipype_config.update_config({
         "execution": {
