@@ -343,13 +343,14 @@ def collect_plan(
 
     meta = _participant_metadata(bids_dir, subject)
     contours = find_contours(contours_dir, subject) if contours_dir else None
-    if contours is not None:
-        known = {(baseline.session, None)} | {(tp.session, tp.ceagent) for tp in posts}
-        if (contours.session, contours.ceagent) not in known and not (
-            contours.session == baseline.session and contours.ceagent is not None
-        ):
-            raise InputError(f"{contours.file}: contours belong to ses-{contours.session}, which "
-                             "has no processed timepoint to register them through")
+    # Contours are used in the baseline session's space, or registered through the post-agent
+    # timepoint they were drawn on; any other origin has no transform to the reference.
+    registrable = {(tp.session, tp.ceagent) for tp in posts}
+    if contours is not None and contours.session != baseline.session and (
+        (contours.session, contours.ceagent) not in registrable
+    ):
+        raise InputError(f"{contours.file}: contours belong to ses-{contours.session}, which "
+                         "has no processed timepoint to register them through")
     plan = ParticipantPlan(subject, baseline, posts, contours, **meta)
     if not posts:
         plan.notes.append("only a baseline timepoint: T1/R1 maps only, nothing to compare")

@@ -133,3 +133,41 @@ def test_unwritable_output_exits_73(dro2mm, tmp_path):
                  "--participant-label", "01", "--skip-bids-validation",
                  "-w", str(tmp_path / "work")])
     assert code == 73
+
+
+@pytest.mark.parametrize(("value", "expected_s"), [
+    (0.015, 0.015),        # seconds, as BIDS asks
+    ("0.015", 0.015),      # a numeric string
+    (15, 0.015),           # a plain number above 1 s for an excitation TR: milliseconds
+    ("15 ms", 0.015),      # explicit unit
+    ([0.015], 0.015),      # one-element list
+])
+def test_repetition_time_is_read_in_seconds(value, expected_s, tmp_path):
+    from bids_agquant.bids import _seconds
+
+    source = tmp_path / "x_VFA.json"
+    assert _seconds(value, "RepetitionTimeExcitation", source,
+                    max_plausible_s=1.0) == pytest.approx(expected_s)
+
+
+@pytest.mark.parametrize("value", ["fast", None, [0.01, 0.02], -0.015, float("nan")])
+def test_unreadable_repetition_time_exits_65(value, tmp_path):
+    from bids_agquant.bids import EX_DATAERR, InputError, _seconds
+
+    with pytest.raises(InputError) as exc:
+        _seconds(value, "RepetitionTimeExcitation", tmp_path / "x_VFA.json", max_plausible_s=1.0)
+    assert exc.value.exit_code == EX_DATAERR
+    assert "x_VFA.json" in str(exc.value) and "RepetitionTimeExcitation" in str(exc.value)
+
+
+def test_registration_pyramid_is_defined_in_millimetres():
+    from bids_agquant.config import load_registration_parameters
+
+    at_1mm = load_registration_parameters(False, 1.0)
+    at_2mm = load_registration_parameters(False, 2.0)
+    # same physical levels (8, 4, 2 mm) whatever the voxel size; smoothing sigmas are in mm
+    assert at_1mm["aff_shrink_factors"] == (8, 4, 2)
+    assert at_2mm["aff_shrink_factors"] == (4, 2, 1)
+    assert at_1mm["aff_smoothing_sigmas"] == at_2mm["aff_smoothing_sigmas"] == (4.0, 2.0, 1.0)
+    assert at_1mm["smoothing_in_mm"] is True
+    assert load_registration_parameters(False, 3.0)["aff_shrink_factors"][-1] == 1  # never < 1

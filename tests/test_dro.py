@@ -48,10 +48,6 @@ def _sample(volume: np.ndarray, affine: np.ndarray, points_mm: np.ndarray) -> np
     return ndi.map_coordinates(volume, ijk.T, order=1, mode="constant", cval=0.0)
 
 
-def _validator() -> str | None:
-    return find_validator()
-
-
 # --------------------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------------------
@@ -424,7 +420,7 @@ def test_vfa_noise_statistics(dro2mm):
 
 @pytest.mark.parametrize("which", ["raw", "contours"])
 def test_bids_validator(dro2mm, which):
-    exe = _validator()
+    exe = find_validator()
     if exe is None:
         pytest.skip("bids-validator-deno is not installed (pip install '.[test]')")
     target = dro2mm.bids_dir if which == "raw" else dro2mm.contours_dir

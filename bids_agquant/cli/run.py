@@ -23,7 +23,7 @@ from ..bids import (
     find_validator,
     write_derivative_description,
 )
-from ..config import PLACEBO_NAMES, RunConfig, resolve_agent
+from ..config import RunConfig, resolve_agent
 from .parser import EX_USAGE, parse_args
 
 LOGGER = logging.getLogger("bids_agquant")
@@ -124,8 +124,8 @@ def _select_participants(layout, config: RunConfig) -> list[str]:
 
 def _agent_for(plan, config: RunConfig, field_strength_T: float):
     name = config.agent
-    if name is None:
-        name = plan.agent if plan.agent and plan.agent.lower() not in PLACEBO_NAMES else None
+    if name is None and plan.agent and not plan.is_placebo:
+        name = plan.agent
     if name is None and config.r1 is None:
         # Placebo arm or unknown agent: maps use the trial's default agent so that a blinded
         # analysis treats every participant the same way.

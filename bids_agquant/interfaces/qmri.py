@@ -6,7 +6,6 @@ node's working directory. No science happens here.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -227,9 +226,3 @@ class SignalEnhancement(SimpleInterface):
                                              os.path.join(runtime.cwd, "enhancement.nii.gz"))
         return runtime
 
-
-def write_json(path: str, data: dict) -> str:
-    """Small helper for interfaces that emit JSON next to their outputs."""
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=2)
-    return path
