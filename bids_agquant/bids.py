@@ -50,6 +50,55 @@ class VFASet:
 
 
 @dataclass
+class MP2RAGESet:
+    """MP2RAGE images of one timepoint and the sequence parameters of its signal model.
+
+    ``inv1``/``inv2`` are magnitude images, ``inv1_phase``/``inv2_phase`` their phases and
+    ``unit1`` the scanner's uniform image (0–4095). Times are in seconds, angles in degrees.
+    """
+
+    inv1: Path | None
+    inv2: Path | None
+    inv1_phase: Path | None
+    inv2_phase: Path | None
+    unit1: Path | None
+    repetition_time_preparation_s: float
+    repetition_time_excitation_s: float
+    inversion_times_s: tuple[float, float]
+    flip_angles_deg: tuple[float, float]
+    number_shots: tuple[int, int]  # excitations before / from the k-space centre
+    inversion_efficiency: float | None = None  # from the sidecar, when it states one
+    field_strength_T: float | None = None
+    phase_units: str | None = None
+    shots_decision: str = ""
+
+    @property
+    def uni_source(self) -> str:
+        """How UNI is obtained: ``complex`` (INV1/INV2 magnitude and phase), ``unit1``
+        (the scanner's UNI image) or ``magnitude`` (INV1/INV2 magnitudes, sign recovered)."""
+        if self.inv1 and self.inv2 and self.inv1_phase and self.inv2_phase:
+            return "complex"
+        if self.unit1 is not None:
+            return "unit1"
+        return "magnitude"
+
+    @property
+    def files(self) -> list[Path]:
+        """The images the T1 map is computed from (for ``Sources``)."""
+        source = self.uni_source
+        if source == "complex":
+            return [self.inv1, self.inv1_phase, self.inv2, self.inv2_phase]
+        if source == "unit1":
+            return [self.unit1]
+        return [self.inv1, self.inv2]
+
+    @property
+    def registration_image(self) -> Path:
+        """INV2 magnitude (proton-density-like, no background noise) or else the UNI image."""
+        return self.inv2 or self.unit1
+
+
+@dataclass
 class Timepoint:
     """A session plus its ``ce-`` entity (DESIGN.md §4)."""
 
@@ -60,6 +109,19 @@ class Timepoint:
     b1map: Path | None = None
     b1_units: str | None = None
     hours_post_injection: float | None = None
+    mp2rage: MP2RAGESet | None = None
+
+    @property
+    def methods(self) -> list[str]:
+        """T1 methods this timepoint has data for (``desc-`` labels of their maps)."""
+        return [m for m, data in (("vfa", self.vfa), ("mp2rage", self.mp2rage)) if data]
+
+    @property
+    def field_strength_T(self) -> float | None:
+        for data in (self.vfa, self.mp2rage):
+            if data is not None and data.field_strength_T:
+                return data.field_strength_T
+        return None
 
     @property
     def label(self) -> str:
@@ -111,6 +173,10 @@ class ParticipantPlan:
         """``space-`` label of the reference (baseline) space."""
         return self.baseline.session or "T1w"
 
+    def methods_for(self, timepoint: Timepoint) -> list[str]:
+        """T1 methods giving uptake maps for a post-agent timepoint (shared with the baseline)."""
+        return [m for m in timepoint.methods if m in self.baseline.methods]
+
 
 # --------------------------------------------------------------------------- sidecar parsing
 def _number(value, key: str, source: Path) -> float:
@@ -141,6 +207,20 @@ def _seconds(value, key: str, source: Path, *, max_plausible_s: float) -> float:
     if number <= 0:
         raise InputError(f"{source}: {key} = {number!r} must be positive", EX_DATAERR)
     return number
+
+
+def _numbers(value, key: str, source: Path, count: int | None = None) -> list[float]:
+    """A list of floats from a list, a JSON-ish string (``"[0.7, 2.5]"``, ``"0.7 2.5"``) or a
+    scalar; ``count`` (if given) is the required length."""
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        value = [v for v in re.split(r"[,;\s]+", text) if v] if text else []
+    if not isinstance(value, list | tuple):
+        value = [value]
+    numbers = [_number(v, key, source) for v in value]
+    if count is not None and len(numbers) != count:
+        raise InputError(f"{source}: {key} = {value!r} should have {count} values", EX_DATAERR)
+    return numbers
 
 
 def _required(metadata: dict, key: str, source: Path):
@@ -196,6 +276,122 @@ def _collect_vfa(layout, subject, session, ceagent) -> VFASet | None:
         repetition_time_s=trs[0],
         field_strength_T=fields[0] if fields else None,
     )
+
+
+def _number_shots(meta: dict, source: Path) -> tuple[tuple[int, int], str]:
+    """NumberShots as (before, after) the k-space centre, and how it was read (BIDS qMRI
+    appendix: a pair is taken literally; a single number is the total per readout)."""
+    raw = _required(meta, "NumberShots", source)
+    values = _numbers(raw, "NumberShots", source)
+    if len(values) not in (1, 2) or any(v < 1 or v != int(v) for v in values):
+        raise InputError(f"{source}: NumberShots = {raw!r} must be a positive integer or "
+                         "[before, after] the k-space centre", EX_DATAERR)
+    if len(values) == 2:
+        before, after = int(values[0]), int(values[1])
+        return (before, after), f"NumberShots [{before}, {after}] taken as [before, after]"
+    total = int(values[0])
+    slices = meta.get("SlicesPerSlab")
+    partial = meta.get("SlicePartialFourier")
+    if slices is not None and partial is not None:
+        slices = _number(slices, "SlicesPerSlab", source)
+        partial = _number(partial, "SlicePartialFourier", source)
+        before, after = round(slices * (partial - 0.5)), round(slices / 2)
+        if before + after == total:
+            return (before, after), (f"NumberShots {total} split as [{before}, {after}] from "
+                                     f"SlicesPerSlab {slices:g} and SlicePartialFourier "
+                                     f"{partial:g} (BIDS qMRI appendix)")
+    before = total // 2
+    return (before, total - before), (f"NumberShots {total} is one number: assumed a symmetric "
+                                      f"(linear, no partial Fourier) readout [{before}, "
+                                      f"{total - before}]")
+
+
+def _collect_mp2rage(layout, subject, session, ceagent) -> MP2RAGESet | None:
+    from bids.layout import Query
+
+    common = {"subject": subject, "session": session or Query.NONE,
+              "ceagent": ceagent or Query.NONE, "datatype": "anat"}
+    images = _get(layout, suffix="MP2RAGE", **common)
+    unit1 = _get(layout, suffix="UNIT1", **common)
+    if not images and not unit1:
+        return None
+    found: dict[tuple[int, str], Path] = {}
+    for path in images:
+        ent = layout.parse_file_entities(str(path))
+        if "inv" not in ent:
+            raise InputError(f"{path}: an MP2RAGE image needs the inv-<1|2> entity", EX_DATAERR)
+        key = (int(ent["inv"]), "phase" if ent.get("part") == "phase" else "mag")
+        if key in found:
+            LOGGER.warning("%s: several images for inv-%d %s, using %s", path.parent, key[0],
+                           key[1], found[key])
+            continue
+        found[key] = path
+    inv1, inv2 = found.get((1, "mag")), found.get((2, "mag"))
+    inv1_phase, inv2_phase = found.get((1, "phase")), found.get((2, "phase"))
+    folder = (images or unit1)[0].parent
+    if not unit1 and not (inv1 and inv2):
+        have = ", ".join(p.name for p in images)
+        raise InputError(f"{folder}: MP2RAGE needs both inv-1 and inv-2 magnitude images or a "
+                         f"UNIT1 image; found only {have}")
+    if (inv1_phase is None) != (inv2_phase is None):
+        LOGGER.warning("%s: only one MP2RAGE phase image; phases ignored", folder)
+        inv1_phase = inv2_phase = None
+
+    # Per-inversion values from the inv-<n> sidecars; else arrays in the UNIT1 sidecar.
+    if inv1 and inv2:
+        metas = [(inv1, layout.get_metadata(str(inv1))), (inv2, layout.get_metadata(str(inv2)))]
+        flips = [_number(_required(m, "FlipAngle", p), "FlipAngle", p) for p, m in metas]
+        tis = [_seconds(_required(m, "InversionTime", p), "InversionTime", p,
+                        max_plausible_s=10.0) for p, m in metas]
+        source, meta = metas[1]
+    else:
+        source, meta = unit1[0], layout.get_metadata(str(unit1[0]))
+        flips = _numbers(_required(meta, "FlipAngle", source), "FlipAngle", source, 2)
+        tis = [_seconds(t, "InversionTime", source, max_plausible_s=10.0) for t in
+               _numbers(_required(meta, "InversionTime", source), "InversionTime", source, 2)]
+    tr_prep = _seconds(_required(meta, "RepetitionTimePreparation", source),
+                       "RepetitionTimePreparation", source, max_plausible_s=30.0)
+    tr_exc = _seconds(_required(meta, "RepetitionTimeExcitation", source),
+                      "RepetitionTimeExcitation", source, max_plausible_s=1.0)
+    shots, shots_decision = _number_shots(meta, source)
+    LOGGER.info("%s: %s", source, shots_decision)
+    efficiency = None
+    if "InversionEfficiency" in meta:
+        efficiency = _number(meta["InversionEfficiency"], "InversionEfficiency", source)
+    field_strength = None
+    if "MagneticFieldStrength" in meta:
+        field_strength = _number(meta["MagneticFieldStrength"], "MagneticFieldStrength", source)
+    phase_units = None
+    if inv1_phase is not None:
+        phase_units = layout.get_metadata(str(inv1_phase)).get("Units")
+    return MP2RAGESet(
+        inv1=inv1, inv2=inv2, inv1_phase=inv1_phase, inv2_phase=inv2_phase,
+        unit1=unit1[0] if unit1 else None,
+        repetition_time_preparation_s=tr_prep, repetition_time_excitation_s=tr_exc,
+        inversion_times_s=(tis[0], tis[1]), flip_angles_deg=(flips[0], flips[1]),
+        number_shots=shots, inversion_efficiency=efficiency, field_strength_T=field_strength,
+        phase_units=phase_units, shots_decision=shots_decision,
+    )
+
+
+def _scan_hours(bids_dir: Path, subject: str, session: str | None) -> dict[str, float]:
+    """``hours_post_injection`` per image from the optional column of ``*_scans.tsv`` (needed
+    when pre- and post-agent images share one session)."""
+    folder = bids_dir / f"sub-{subject}"
+    stem = f"sub-{subject}"
+    if session:
+        folder, stem = folder / f"ses-{session}", f"{stem}_ses-{session}"
+    tsv = folder / f"{stem}_scans.tsv"
+    if not tsv.exists():
+        return {}
+    table = pd.read_csv(tsv, sep="\t", na_values=["n/a"], dtype={"filename": str})
+    if "hours_post_injection" not in table or "filename" not in table:
+        return {}
+    out = {}
+    for name, hours in zip(table["filename"], table["hours_post_injection"], strict=True):
+        if pd.notna(hours):
+            out[(folder / name).as_posix()] = float(hours)
+    return out
 
 
 def _hours_post_injection(bids_dir: Path, subject: str) -> dict[str, float]:
@@ -298,13 +494,21 @@ def collect_plan(
         if len(t1w) > 1:
             LOGGER.warning("sub-%s %s: several T1w images, using %s", subject, session, t1w[0])
         vfa = _collect_vfa(layout, subject, session, ceagent)
+        mp2rage = _collect_mp2rage(layout, subject, session, ceagent)
         b1 = _get(layout, subject=subject, session=session or Query.NONE, suffix="TB1map",
                   datatype="fmap")
         b1_units = None
         if b1:
             b1_units = layout.get_metadata(str(b1[0])).get("Units")
-        return Timepoint(session, ceagent, t1w[0] if t1w else None, vfa,
-                         b1[0] if b1 else None, b1_units, hours.get(session or ""))
+        tp = Timepoint(session, ceagent, t1w[0] if t1w else None, vfa,
+                       b1[0] if b1 else None, b1_units, hours.get(session or ""), mp2rage)
+        # A per-image time (scans.tsv) is more specific than the session's.
+        scan_hours = _scan_hours(bids_dir, subject, session)
+        for image in [*t1w, *(vfa.files if vfa else []), *(mp2rage.files if mp2rage else [])]:
+            if image.as_posix() in scan_hours:
+                tp.hours_post_injection = scan_hours[image.as_posix()]
+                break
+        return tp
 
     if sessions:
         if baseline_session not in sessions:
@@ -316,12 +520,9 @@ def collect_plan(
     else:
         baseline = timepoint(None, None)
     where = bids_dir / f"sub-{subject}" / (f"ses-{baseline.session}" if baseline.session else "")
-    if baseline.vfa is None:
-        raise InputError(f"{where / 'anat'}: no VFA images (*_flip-<n>_VFA.nii[.gz]) for the "
-                         "baseline timepoint; T1 mapping is impossible")
-    if baseline.t1w is None:
-        raise InputError(f"{where / 'anat'}: no *_T1w.nii[.gz] for the baseline timepoint "
-                         "(needed as the registration reference)")
+    if not baseline.methods:
+        raise InputError(f"{where / 'anat'}: no VFA (*_flip-<n>_VFA) or MP2RAGE (*_inv-<n>_MP2RAGE"
+                         ", *_UNIT1) images for the baseline timepoint; T1 mapping is impossible")
 
     posts = []
     ce_values = layout.get_ceagents(subject=subject) or []
@@ -332,14 +533,27 @@ def collect_plan(
             if session == baseline.session and ceagent is None:
                 continue
             tp = timepoint(session, ceagent)
-            if tp.vfa is None and tp.t1w is None:
+            if not tp.methods and tp.t1w is None:
                 continue  # nothing acquired for this (session, ce) pair
-            if tp.vfa is None or tp.t1w is None:
-                missing = "VFA images" if tp.vfa is None else "a T1w image"
-                raise InputError(f"{bids_dir / f'sub-{subject}'} {tp.label}: has "
-                                 f"{'a T1w image' if tp.vfa is None else 'VFA images'} but no "
-                                 f"{missing}; both are needed for a post-agent timepoint")
+            where_tp = f"{bids_dir / f'sub-{subject}'} {tp.label}"
+            if tp.t1w is None:
+                raise InputError(f"{where_tp}: no *_T1w image; a post-agent timepoint needs one "
+                                 "(registration to the baseline and signal enhancement)")
+            shared = [m for m in tp.methods if m in baseline.methods]
+            if not shared:
+                have = ", ".join(tp.methods) or "no T1 mapping images"
+                raise InputError(f"{where_tp}: has {have}, but the baseline has "
+                                 f"{', '.join(baseline.methods)}; ΔR1 needs the same T1 method "
+                                 "before and after the agent")
+            for method in tp.methods:
+                if method not in shared:
+                    LOGGER.warning("sub-%s %s: %s images have no baseline counterpart; only "
+                                   "native T1 maps are written for them", subject, tp.label,
+                                   method)
             posts.append(tp)
+    if posts and baseline.t1w is None:
+        raise InputError(f"{where / 'anat'}: no *_T1w.nii[.gz] for the baseline timepoint "
+                         "(needed as the registration reference of the post-agent timepoints)")
 
     meta = _participant_metadata(bids_dir, subject)
     contours = find_contours(contours_dir, subject) if contours_dir else None
@@ -351,6 +565,10 @@ def collect_plan(
     ):
         raise InputError(f"{contours.file}: contours belong to ses-{contours.session}, which "
                          "has no processed timepoint to register them through")
+    if contours is not None and baseline.t1w is None:
+        LOGGER.warning("%s: ignored, the baseline has no T1w image to define the reference space",
+                       contours.file)
+        contours = None
     plan = ParticipantPlan(subject, baseline, posts, contours, **meta)
     if not posts:
         plan.notes.append("only a baseline timepoint: T1/R1 maps only, nothing to compare")
@@ -425,8 +643,10 @@ def atomic_copy(src: Path, dst: Path) -> None:
 
 
 DESCRIPTIONS = {
-    "vfa": "Quantity estimated from variable-flip-angle spoiled-GRE images (linear DESPOT1, "
+    "vfa": "Quantity estimated from variable-flip-angle spoiled-GRE images (DESPOT1 fit, "
            "optional B1+ correction)",
+    "mp2rage": "Quantity estimated from MP2RAGE images (Marques 2010 signal model, look-up of "
+               "T1 from the UNI contrast, optional B1+ correction)",
     "t1w": "Signal enhancement computed on the T1-weighted GRE images",
     "GTV": "Gross tumour volume contours, one integer label per lesion",
 }

@@ -41,6 +41,9 @@ class AgentParameters:
         Field strength the relaxivity applies to, tesla.
     description : str
         Where the values come from.
+    substance : str
+        The compound, shared by presets that differ only in convention (e.g. both AGuIX
+        presets are ``"AGuIX"``); empty for custom constants.
     """
 
     name: str
@@ -49,6 +52,7 @@ class AgentParameters:
     particle_molar_mass_g_per_mol: float
     field_strength_T: float
     description: str = ""
+    substance: str = ""
 
     @property
     def mg_per_L_per_mM(self) -> float:
@@ -58,6 +62,7 @@ class AgentParameters:
     def as_metadata(self) -> dict:
         """Sidecar fields recording these constants."""
         return {
+            "ContrastAgent": self.substance or self.name,
             "ContrastAgentPreset": self.name,
             "Relaxivity": self.r1_per_mM_per_s,
             "RelaxivityUnits": "1/(mM*s), per Gd ion",
@@ -134,7 +139,28 @@ def resolve_agent(
         particle_molar_mass_g_per_mol=float(molar_mass or preset["particle_molar_mass_g_per_mol"]),
         field_strength_T=float(field_strength_T),
         description=preset.get("description", ""),
+        substance=preset.get("substance", preset_name),
     )
+
+
+def agent_for_timepoint(ceagent: str | None, main: AgentParameters,
+                        field_strength_T: float) -> tuple[AgentParameters, str]:
+    """Agent constants of one timepoint, and why.
+
+    A ``ce-<label>`` that names a preset of another substance than the participant's agent
+    (``ce-gadoterate`` images in a NanoRad AGuIX trial) uses that preset. A label naming the
+    participant's own substance, or no preset, keeps the participant's agent, with its
+    command-line overrides (``ce-AGuIX`` with ``--agent aguix-mp2rage`` stays r1 6.7).
+    """
+    if not ceagent:
+        return main, f"participant agent {main.name}"
+    try:
+        preset = resolve_agent(ceagent, field_strength_T=field_strength_T)
+    except ValueError:
+        return main, f"ce-{ceagent} names no preset: participant agent {main.name}"
+    if preset.substance == (main.substance or main.name):
+        return main, f"ce-{ceagent} is the participant's agent ({main.name})"
+    return preset, f"ce-{ceagent} names the {preset.name} preset"
 
 
 def load_registration_parameters(sloppy: bool = False, voxel_size_mm: float = 1.0) -> dict:
@@ -184,6 +210,8 @@ class RunConfig:
     gd_per_particle: float | None = None
     molar_mass: float | None = None
     measurable_threshold_mm: float = 10.0
+    vfa_fit: str = "linear"
+    inversion_efficiency: float | None = None
     run_uuid: str = ""
 
     def to_toml(self) -> str:

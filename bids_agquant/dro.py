@@ -98,11 +98,27 @@ Tissue values at 3 T (all documented again in ``truth.json``):
   (lesion fraction < 0.01); one ``sigma`` for every image (T1w and VFA) of a session.
   ``snr=float("inf")`` gives noise-free images.
 
+* MP2RAGE (``MP2RAGE_PROTOCOL``: TR_prep 5 s, echo spacing 7.1 ms, TI 0.7/2.5 s, flip 4/5
+  deg, NumberShots [44, 88], inversion efficiency 0.96): signed steady-state signals of
+  :func:`bids_agquant.qmri.mp2rage.mp2rage_signals` times ``s0 * b_rx * M0``, multiplied by a
+  background phase shared by both inversions (``0.7 rad + 2 pi (d . y) / 150 mm``, wrapping,
+  scanner-fixed) plus complex Gaussian noise with its own ``sigma = mean WM |INV2| / snr``.
+  Written as ``inv-<1|2>_part-<mag|phase>_MP2RAGE`` (phase in radians, or on the Siemens
+  -4096..4095 scale without ``Units``) and the scanner-style ``UNIT1`` =
+  ``round(4095 (UNI + 0.5))`` computed from the noisy complex images. Constant parameters
+  are in the top-level ``MP2RAGE.json`` (inherited), FlipAngle/InversionTime per file.
+  Each MP2RAGE acquisition has its own small intra-session motion (pose kind ``MP2RAGE``).
+
 Participants
 ------------
-``sub-01``: AGuIX 100 mg/kg, with a B1+ map in fraction units.  ``sub-02``: AGuIX 50 mg/kg,
-with a B1+ map in percent.  The *last* participant is always the placebo (agent ``placebo``,
-``dose_mg_per_kg`` 0) and has no B1+ map.  Extra participants (``participants > 3``) cycle
+``sub-01``: AGuIX 100 mg/kg, sessions D0/D1/D8 with VFA **and** MP2RAGE (phase in radians),
+B1+ map in fraction units.  ``sub-02`` (when there are three or more participants): the
+NanoBrainMets same-session design — AGuIX 50 mg/kg, one session ``D0`` holding the pre-agent
+images and, 2 h after the agent, the post-agent images tagged ``ce-AGuIX`` (their times in
+``sub-02_ses-D0_scans.tsv``), MP2RAGE only (phase on the Siemens scale), B1+ map in percent
+(one per session, on the pre-agent pose).  The *last* participant is always the placebo (agent
+``placebo``, ``dose_mg_per_kg`` 0), VFA only, and has no B1+ map.  Extra participants
+(``participants > 3``, D0/D1/D8 with VFA only) cycle
 AGuIX doses 15, 30, 75 mg/kg, with B1+ maps alternating fraction/percent.  Why every treated
 participant has a map: without B1+ correction a VFA fit scales R1, and therefore ΔR1, by about
 κ² (−19 % at κ = 0.9), a real bias of the method that a quantitative trial avoids by acquiring
@@ -125,7 +141,10 @@ Raw BIDS (``path``)::
     sub-XX/sub-XX_sessions.tsv
     sub-XX/ses-D0|D1|D8/anat/sub-XX_ses-YY_T1w.nii.gz (+ .json)
     sub-XX/ses-YY/anat/sub-XX_ses-YY_flip-{1,2,3,4}_VFA.nii.gz (+ .json)
+    sub-XX/ses-YY/anat/sub-XX_ses-YY[_ce-AGuIX]_inv-{1,2}_part-{mag,phase}_MP2RAGE.nii.gz
+    sub-XX/ses-YY/anat/sub-XX_ses-YY[_ce-AGuIX]_UNIT1.nii.gz     (MP2RAGE participants)
     sub-XX/ses-YY/fmap/sub-XX_ses-YY_TB1map.nii.gz (+ .json)     (participants with B1)
+    sub-02/ses-D0/sub-02_ses-D0_scans.tsv                          (same-session design)
     derivatives/contours/sub-XX/ses-D0/anat/sub-XX_ses-D0_desc-GTV_dseg.nii.gz (+ .tsv, .json)
 
 Truth (``truth_dir``, by default ``<path>_truth`` next to ``path``)::
@@ -138,14 +157,20 @@ Truth (``truth_dir``, by default ``<path>_truth`` next to ``path``)::
     sub-XX/ses-YY/sub-XX_ses-YY_space-VFA_B1map.nii.gz   (fraction, native VFA pose)
     sub-XX/ses-YY/sub-XX_ses-YY_space-VFA_T1map.nii.gz   (s, native VFA pose)
     sub-XX/ses-YY/sub-XX_ses-YY_space-VFA_M0map.nii.gz   (apparent M0 = s0 b_rx M0, a.u.)
+    sub-XX/ses-YY/sub-XX_ses-YY_space-MP2RAGE_{B1map,T1map,M0map}.nii.gz   (MP2RAGE pose)
+
+A same-session post-agent timepoint uses ``ses-D0_ce-AGuIX`` in these names; its key in
+``transforms.json`` and ``truth.json`` is ``D0_ce-AGuIX``.
 
 With the native (``space-VFA``) maps, the noise-free VFA signal is exactly
 ``M0map * sin(B1 a) (1 - E1) / (1 - E1 cos(B1 a))``, ``E1 = exp(-TR / T1map)``.
 T1/R1 truth maps are 0 where no tissue is present (outside the brain).  The brain mask is
 ``total tissue + lesion fraction >= 0.5`` on the D0 grid.
 
-``lesions.tsv`` has one row per participant x session x lesion: ``participant_id``,
-``session``, ``lesion_id`` (the contour label), ``name`` (``GTV<n>``), ``pattern``, ``agent``,
+``lesions.tsv`` has one row per participant x timepoint x lesion: ``participant_id``,
+``session``, ``ceagent`` (n/a, or ``AGuIX`` for the same-session post-agent timepoint),
+``timepoint`` (``ses-D1``, ``ses-D0_ce-AGuIX``: the pipeline's timepoint label),
+``lesion_id`` (the contour label), ``name`` (``GTV<n>``), ``pattern``, ``agent``,
 ``dose_mg_per_kg``, ``hours_post_injection``, ``center_{x,y,z}_mm`` (object = D0 space),
 ``semi_axis_{1,2,3}_mm`` and ``nominal_diameter_mm`` (``2 (abc)^(1/3)``), then from the GTV
 voxels of the D0 grid ``n_voxels``, ``volume_ml``, ``equiv_diameter_mm`` ((6V/pi)^(1/3)),
@@ -275,6 +300,25 @@ B1_TILT_RANGE = (-0.02, 0.02)
 RX_AMPLITUDE = 0.15
 RX_LENGTH_MM = 80.0
 
+#: MP2RAGE protocol (3 T, Siemens-like: 176 slices with 6/8 partial Fourier in the slab
+#: direction give NumberShots [44, 88]); fields of ``qmri.mp2rage.MP2RAGEProtocol``.
+MP2RAGE_PROTOCOL = {
+    "repetition_time_preparation_s": 5.0,
+    "repetition_time_excitation_s": 0.0071,
+    "inversion_times_s": (0.7, 2.5),
+    "flip_angles_deg": (4.0, 5.0),
+    "shots_before": 44,
+    "shots_after": 88,
+    "inversion_efficiency": 0.96,
+}
+#: ``ce-`` label and timing of the post-agent images of the same-session (NanoBrainMets)
+#: design: pre- and post-AGuIX MP2RAGE in one session, 2 h apart.
+SAME_SESSION_CE = "AGuIX"
+SAME_SESSION_HOURS = 2.0
+#: Background phase of the MP2RAGE images: offset (rad) and wrap length (mm) of the ramp.
+PHASE_OFFSET_RAD = 0.7
+PHASE_RAMP_MM = 150.0
+
 AGENT_DOSES_EXTRA_MG_PER_KG = (15.0, 30.0, 75.0)
 PRIMARY_TUMORS = ("NSCLC", "melanoma", "breast", "colon")
 WEIGHT_RANGE_KG = (55.0, 95.0)
@@ -337,22 +381,60 @@ class _Lesion:
         return float(np.max(self.semi_axes_mm))
 
 
+@dataclass(frozen=True)
+class _Role:
+    agent: str
+    dose_mg_per_kg: float
+    b1_units: str | None  # None (no map), "fraction" or "percent"
+    design: str = "sessions"  # "sessions" (D0/D1/D8) or "same-session" (D0 + D0 ce-AGuIX)
+    methods: tuple[str, ...] = ("vfa",)
+    phase_units: str | None = None  # MP2RAGE phase: "rad" or "siemens" (-4096..4095)
+
+
+@dataclass(frozen=True)
+class _Timepoint:
+    key: str  # "D1", or "D0_ce-AGuIX" for a post-agent timepoint inside the D0 session
+    session: str
+    ceagent: str | None
+
+    @property
+    def label(self) -> str:
+        """BIDS entity string (the pipeline's ``timepoint`` column), e.g. ``ses-D1``."""
+        return f"ses-{self.session}" + (f"_ce-{self.ceagent}" if self.ceagent else "")
+
+
 @dataclass
 class _Participant:
     label: str
-    agent: str
-    dose_mg_per_kg: float
+    role: _Role
     weight_kg: float
     primary_tumor: str
-    b1_units: str | None  # None (no map), "fraction" or "percent"
     lesions: list[_Lesion]
-    poses: dict[str, dict[str, np.ndarray]]
+    timepoints: list[_Timepoint]
+    poses: dict[str, dict[str, np.ndarray]]  # timepoint key -> image kind -> 4x4
     motion: dict[str, dict[str, dict[str, object]]]
     rx_direction: dict[str, np.ndarray]
     b1_tilt: float
-    acq_time: dict[str, str]
-    hours_post_injection: dict[str, float | None]
+    acq_time: dict[str, str]  # timepoint key -> ISO time
+    hours_post_injection: dict[str, float | None]  # timepoint key -> hours
     c0_mM: dict[int, float]  # D1 peak concentration per lesion label
+
+    @property
+    def agent(self) -> str:
+        return self.role.agent
+
+    @property
+    def dose_mg_per_kg(self) -> float:
+        return self.role.dose_mg_per_kg
+
+    @property
+    def b1_units(self) -> str | None:
+        return self.role.b1_units
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Image kinds acquired at every timepoint (besides the T1w)."""
+        return tuple({"vfa": "VFA", "mp2rage": "MP2RAGE"}[m] for m in self.role.methods)
 
 
 # --------------------------------------------------------------------------------------
@@ -501,20 +583,39 @@ def _max_feret_mm(points: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def _participant_roles(n: int) -> list[tuple[str, float, str | None]]:
-    """(agent, dose mg/kg, B1 units or None) for subjects 1..n."""
+def _participant_roles(n: int) -> list[_Role]:
+    """Roles of subjects 1..n (see the module docstring)."""
     roles = []
     for idx in range(1, n + 1):
         if n >= 2 and idx == n:
-            roles.append(("placebo", 0.0, None))
+            roles.append(_Role("placebo", 0.0, None))
         elif idx == 1:
-            roles.append(("AGuIX", 100.0, "fraction"))
+            roles.append(_Role("AGuIX", 100.0, "fraction", methods=("vfa", "mp2rage"),
+                               phase_units="rad"))
         elif idx == 2:
-            roles.append(("AGuIX", 50.0, "percent"))
+            roles.append(_Role("AGuIX", 50.0, "percent", design="same-session",
+                               methods=("mp2rage",), phase_units="siemens"))
         else:
             dose = AGENT_DOSES_EXTRA_MG_PER_KG[(idx - 3) % len(AGENT_DOSES_EXTRA_MG_PER_KG)]
-            roles.append(("AGuIX", dose, "fraction" if idx % 2 == 1 else "percent"))
+            roles.append(_Role("AGuIX", dose, "fraction" if idx % 2 == 1 else "percent"))
     return roles
+
+
+def _timepoints(design: str) -> list[_Timepoint]:
+    if design == "same-session":
+        return [_Timepoint(BASELINE_SESSION, BASELINE_SESSION, None),
+                _Timepoint(f"{BASELINE_SESSION}_ce-{SAME_SESSION_CE}", BASELINE_SESSION,
+                           SAME_SESSION_CE)]
+    return [_Timepoint(ses, ses, None) for ses in SESSIONS]
+
+
+def _concentration_factor(key: str, lesion: _Lesion) -> float:
+    """Concentration at timepoint ``key`` relative to D1 (2 h after the agent)."""
+    if key == BASELINE_SESSION:
+        return 0.0
+    if key == "D8":
+        return lesion.d8_factor
+    return 1.0  # D1, and the same-session post-agent timepoint (also 2 h)
 
 
 def _edt_at(anat: _Anatomy, point_mm) -> float:
@@ -608,45 +709,52 @@ def _place_lesions(rng: np.random.Generator, anat: _Anatomy, pd_is_placebo: bool
     return sorted(lesions, key=lambda les: les.label)
 
 
-def _make_participant(idx: int, role, rng: np.random.Generator, anat: _Anatomy) -> _Participant:
-    agent, dose, b1_units = role
+def _make_participant(idx: int, role: _Role, rng: np.random.Generator,
+                      anat: _Anatomy) -> _Participant:
     label = f"{idx:02d}"
     weight = round(float(rng.uniform(*WEIGHT_RANGE_KG)), 1)
     tumor = PRIMARY_TUMORS[int(rng.integers(len(PRIMARY_TUMORS)))]
-    lesions = _place_lesions(rng, anat, agent == "placebo", dose)
+    lesions = _place_lesions(rng, anat, role.agent == "placebo", role.dose_mg_per_kg)
+    timepoints = _timepoints(role.design)
+    kinds = tuple({"vfa": "VFA", "mp2rage": "MP2RAGE"}[m] for m in role.methods)
 
     poses: dict[str, dict[str, np.ndarray]] = {}
     motion: dict[str, dict[str, dict[str, object]]] = {}
     centre = anat.centroid_mm
-    for ses in SESSIONS:
-        if ses == BASELINE_SESSION:
+    for tp in timepoints:
+        if tp.key == BASELINE_SESSION:
             p_t1w = np.eye(4)
             inter = {"rotation_deg": 0.0, "translation_mm": [0.0, 0.0, 0.0]}
-        else:
+        else:  # a new session, or the patient back on the table after the infusion
             p_t1w, inter = _random_motion(rng, INTER_ROT_DEG, INTER_TRANS_MM, centre,
                                           PIVOT_RADIUS_MM)
         head_centre = (p_t1w @ np.append(centre, 1.0))[:3]
-        intra_mat, intra = _random_motion(rng, INTRA_ROT_DEG, INTRA_TRANS_MM, head_centre, 5.0)
-        poses[ses] = {"T1w": p_t1w, "VFA": intra_mat @ p_t1w}
-        motion[ses] = {"T1w": inter, "VFA_relative_to_T1w": intra}
+        poses[tp.key] = {"T1w": p_t1w}
+        motion[tp.key] = {"T1w": inter}
+        for kind in kinds:
+            intra_mat, intra = _random_motion(rng, INTRA_ROT_DEG, INTRA_TRANS_MM, head_centre,
+                                              5.0)
+            poses[tp.key][kind] = intra_mat @ p_t1w
+            motion[tp.key][f"{kind}_relative_to_T1w"] = intra
 
     base_dir = _unit_vector(rng) * rng.uniform(0.5, 1.0)
-    rx = {ses: base_dir + rng.normal(0.0, 0.1, size=3) for ses in SESSIONS}
+    rx = {tp.key: base_dir + rng.normal(0.0, 0.1, size=3) for tp in timepoints}
     tilt = float(rng.uniform(*B1_TILT_RANGE))
 
     injection = _dt.datetime(2020, 1, 6, 9, 0, 0) + _dt.timedelta(
         days=7 * (idx - 1) + int(rng.integers(0, 5)), minutes=int(rng.integers(0, 120))
     )
-    hours_d8 = round(168.0 + float(rng.uniform(-3.0, 3.0)), 1)
-    hours = {"D0": None, "D1": 2.0, "D8": hours_d8}
-    times = {
-        "D0": injection - _dt.timedelta(hours=24.0),
-        "D1": injection + _dt.timedelta(hours=2.0),
-        "D8": injection + _dt.timedelta(hours=hours_d8),
-    }
-    acq = {ses: times[ses].replace(microsecond=0).isoformat() for ses in SESSIONS}
-    return _Participant(label, agent, dose, weight, tumor, b1_units, lesions, poses, motion,
-                        rx, tilt, acq, hours, {})
+    if role.design == "same-session":
+        hours = {tp.key: (SAME_SESSION_HOURS if tp.ceagent else None) for tp in timepoints}
+        offsets = {tp.key: (SAME_SESSION_HOURS if tp.ceagent else -0.5) for tp in timepoints}
+    else:
+        hours_d8 = round(168.0 + float(rng.uniform(-3.0, 3.0)), 1)
+        hours = {"D0": None, "D1": 2.0, "D8": hours_d8}
+        offsets = {"D0": -24.0, "D1": 2.0, "D8": hours_d8}
+    acq = {key: (injection + _dt.timedelta(hours=h)).replace(microsecond=0).isoformat()
+           for key, h in offsets.items()}
+    return _Participant(label, role, weight, tumor, lesions, timepoints, poses, motion, rx,
+                        tilt, acq, hours, {})
 
 
 # --------------------------------------------------------------------------------------
@@ -829,17 +937,20 @@ _README = """\
 
 This dataset is **synthetic**. It was generated by `bids_agquant.dro.make_dataset`
 (bids-agquant {version}) to test the quantification of gadolinium nanoparticle (AGuIX)
-uptake in brain metastases from variable-flip-angle (VFA) T1 mapping, following the
-NanoRad phase 1 design: baseline session `D0`, session `D1` about 2 h after the
-intravenous injection, and session `D8` one week later.
+uptake in brain metastases from variable-flip-angle (VFA) and MP2RAGE T1 mapping. Most
+participants follow the NanoRad phase 1 design: baseline session `D0`, session `D1` about
+2 h after the intravenous injection, and session `D8` one week later. A participant with
+post-agent images tagged `ce-AGuIX` inside session `D0` follows the NanoBrainMets design
+(pre- and post-agent MP2RAGE on one day; image times in its `_scans.tsv`).
 
-Each session holds a 3-D spoiled gradient-echo T1-weighted image (`_T1w`), four spoiled
-gradient-echo images at flip angles 2, 5, 10 and 15 degrees (`_flip-<n>_VFA`), and, for
-every treated participant, a B1+ transmit-field map (`fmap/*_TB1map`, in fraction or in percent as
-stated by its `Units`). The anatomy is the MNI152 2009c template (skull-stripped; no head is
-modelled outside the brain). The head moves between and within sessions; all images share
-one scanner grid. Lesion contours (GTV, one integer label per lesion, drawn on the D0
-T1w image) are in `derivatives/contours`.
+Each timepoint holds a 3-D spoiled gradient-echo T1-weighted image (`_T1w`) and VFA images
+(four spoiled gradient-echo images at flip angles 2, 5, 10 and 15 degrees, `_flip-<n>_VFA`)
+and/or MP2RAGE images (`_inv-<1|2>_part-<mag|phase>_MP2RAGE` and `_UNIT1`); every treated
+participant has a B1+ transmit-field map per session (`fmap/*_TB1map`, in fraction or in
+percent as stated by its `Units`). The anatomy is the MNI152 2009c template
+(skull-stripped; no head is modelled outside the brain). The head moves between and within
+sessions; all images share one scanner grid. Lesion contours (GTV, one integer label per
+lesion, drawn on the D0 T1w image) are in `derivatives/contours`.
 
 The ground truth (head poses, true concentration, T1 and B1 maps, per-lesion table) is kept
 outside this dataset. Participant `sub-{placebo}` received a placebo. Parameters: seed
@@ -919,6 +1030,27 @@ def _write_raw_top(bids_dir: Path, parts: list[_Participant], seed, resolution, 
     _write_json(bids_dir / "T1w.json", {**common, "SequenceName": "spoiled 3D GRE",
                                        "PulseSequenceType": "SPGR"})
     _write_json(bids_dir / "VFA.json", {**common, "SequenceName": "spoiled 3D GRE (VFA)"})
+    if any("mp2rage" in p.role.methods for p in parts):
+        # Constant MP2RAGE parameters live in the inherited top-level sidecar (as in
+        # bids-examples/qmri_mp2rage); FlipAngle and InversionTime are per inv- file.
+        _write_json(bids_dir / "MP2RAGE.json", {
+            **common, "ScanningSequence": ["GR", "IR"], "SequenceVariant": ["SK", "SP", "MP"],
+            "SequenceName": "synthetic MP2RAGE",
+            "MagneticFieldStrength": FIELD_STRENGTH_T,
+            "RepetitionTimeExcitation": MP2RAGE_PROTOCOL["repetition_time_excitation_s"],
+            "RepetitionTimePreparation": MP2RAGE_PROTOCOL["repetition_time_preparation_s"],
+            "NumberShots": [MP2RAGE_PROTOCOL["shots_before"], MP2RAGE_PROTOCOL["shots_after"]],
+            "EchoTime": TE_S,
+        })
+        _write_json(bids_dir / "UNIT1.json", {**common, "MagneticFieldStrength":
+                                              FIELD_STRENGTH_T,
+                                              "SequenceName": "synthetic MP2RAGE (UNI)"})
+    if any(p.role.design == "same-session" for p in parts):
+        _write_json(bids_dir / "scans.json", {
+            "acq_time": {"Description": "Acquisition date and time of the image (synthetic)"},
+            "hours_post_injection": {"Description": "Time since the injection of the agent; "
+                                                    "n/a before injection", "Units": "h"},
+        })
     if any(p.b1_units for p in parts):
         _write_json(bids_dir / "TB1map.json", {
             **common, "MagneticFieldStrength": FIELD_STRENGTH_T,
@@ -978,7 +1110,7 @@ class _Context:
 
 
 LESION_COLUMNS = [
-    "participant_id", "session", "lesion_id", "name", "pattern", "agent",
+    "participant_id", "session", "ceagent", "timepoint", "lesion_id", "name", "pattern", "agent",
     "dose_mg_per_kg", "hours_post_injection", "center_x_mm", "center_y_mm", "center_z_mm",
     "semi_axis_1_mm", "semi_axis_2_mm", "semi_axis_3_mm", "nominal_diameter_mm",
     "n_voxels", "volume_ml", "equiv_diameter_mm", "longest_diameter_mm", "measurable",
@@ -1003,11 +1135,9 @@ def _write_reference(ctx: _Context, part: _Participant):
         inside = gtv[sl] == les.label
         mean_unit = float(unit[inside].mean()) if inside.any() else 0.0
         part.c0_mM[les.label] = les.gd_target_mM / mean_unit if mean_unit > 0 else 0.0
-    scales = {
-        "D0": {les.label: 0.0 for les in part.lesions},
-        "D1": dict(part.c0_mM),
-        "D8": {les.label: part.c0_mM[les.label] * les.d8_factor for les in part.lesions},
-    }
+    scales = {tp.key: {les.label: part.c0_mM[les.label] * _concentration_factor(tp.key, les)
+                       for les in part.lesions}
+              for tp in part.timepoints}
     save(ctx.truth_dir / sub / f"{sub}_space-D0_desc-brain_mask.nii.gz",
          ref.support >= 0.5, affine, np.uint8)
     seg_dir = ctx.contours_dir / sub / "ses-D0" / "anat"
@@ -1034,13 +1164,14 @@ def _write_reference(ctx: _Context, part: _Participant):
 
     rows: list[list[object]] = []
     r1_base = t1_base = None
-    for ses in SESSIONS:
-        conc = ref.concentration(scales[ses])
+    for tp in part.timepoints:
+        ses = tp.session
+        conc = ref.concentration(scales[tp.key])
         r1 = ref.r1_pre.astype(np.float64) + R1_AGUIX_PER_MM_PER_S * conc
         t1 = _inverse(r1)
         if r1_base is None:
             r1_base, t1_base = r1, t1
-        stem = ctx.truth_dir / sub / f"ses-{ses}" / f"{sub}_ses-{ses}_space-D0"
+        stem = ctx.truth_dir / sub / f"ses-{ses}" / f"{sub}_{tp.label}_space-D0"
         save(Path(f"{stem}_Gdconc.nii.gz"), conc, affine)
         save(Path(f"{stem}_T1map.nii.gz"), t1, affine)
         save(Path(f"{stem}_R1map.nii.gz"), r1, affine)
@@ -1049,84 +1180,186 @@ def _write_reference(ctx: _Context, part: _Participant):
             c_in = conc[inside]
             n_vox, vol_ml, eq_d, longest = geom[les.label]
             rows.append([
-                sub, ses, les.label, f"GTV{les.label}", les.pattern, part.agent,
-                part.dose_mg_per_kg, part.hours_post_injection[ses],
+                sub, ses, tp.ceagent, tp.label, les.label, f"GTV{les.label}", les.pattern,
+                part.agent, part.dose_mg_per_kg, part.hours_post_injection[tp.key],
                 *(float(v) for v in les.center_mm), *(float(v) for v in les.semi_axes_mm),
                 2.0 * les.r_eq_mm, n_vox, vol_ml, eq_d, longest, bool(longest >= 10.0),
-                float(c_in.mean()), float(np.median(c_in)), float(scales[ses][les.label]),
+                float(c_in.mean()), float(np.median(c_in)), float(scales[tp.key][les.label]),
                 les.t1_s, float(t1_base[inside].mean()), float(t1[inside].mean()),
                 float((r1[inside] - r1_base[inside]).mean()),
             ])
     return ref, scales, rows
 
 
-def _write_session(ctx: _Context, part: _Participant, rng: np.random.Generator, ses: str,
-                   ref: _Fields, c0: dict[int, float]) -> float:
-    """Synthesise and write the T1w, VFA (and B1) images of one session; return sigma."""
+def _mp2rage_images(s1, s2, sigma, rng, rx_direction, affine, shape, phase_units):
+    """Complex MP2RAGE signals with a shared background phase and complex Gaussian noise →
+    magnitudes, phases (radians or the Siemens -4096..4095 scale) and the scanner UNIT1."""
+    y = _axis_coords(shape, affine)
+    ramp = np.zeros(shape, dtype=np.float32)
+    for a in range(3):
+        ramp += np.float32(rx_direction[a]) * y[a]
+    phase0 = np.float32(PHASE_OFFSET_RAD) + np.float32(2 * math.pi / PHASE_RAMP_MM) * ramp
+    carrier = np.exp(1j * phase0).astype(np.complex64)
+    out = {}
+    signals = []
+    for n, s in ((1, s1), (2, s2)):
+        c = s.astype(np.float32) * carrier
+        if sigma > 0:
+            c += np.float32(sigma) * (rng.standard_normal(shape, dtype=np.float32)
+                                      + 1j * rng.standard_normal(shape, dtype=np.float32))
+        signals.append(c)
+        phase = np.angle(c).astype(np.float32)
+        if phase_units == "siemens":
+            phase = np.clip(np.rint(phase / np.float32(math.pi) * 4096.0), -4096, 4095)
+        out[f"inv{n}_mag"] = np.abs(c).astype(np.float32)
+        out[f"inv{n}_phase"] = phase
+    c1, c2 = signals
+    den = (np.abs(c1) ** 2 + np.abs(c2) ** 2).astype(np.float32)
+    uni = np.where(den > 0, np.real(np.conj(c1) * c2) / np.where(den > 0, den, 1.0), 0.0)
+    out["unit1"] = np.clip(np.rint(4095.0 * (uni + 0.5)), 0, 4095).astype(np.uint16)
+    return out
+
+
+def _write_timepoint(ctx: _Context, part: _Participant, rng: np.random.Generator,
+                     tp: _Timepoint, ref: _Fields, c0: dict[int, float]) -> dict[str, float]:
+    """Synthesise and write the T1w, VFA / MP2RAGE (and B1) images of one timepoint.
+
+    Returns the noise sigma per acquisition (``"VFA"`` also applies to the T1w;
+    ``"MP2RAGE"``).
+    """
+    from .qmri.mp2rage import MP2RAGEProtocol, mp2rage_signals
+
     sub = f"sub-{part.label}"
+    ses = tp.session
     shape, affine, save = ctx.shape, ctx.affine, ctx.save
-    pose_t1w = part.poses[ses]["T1w"]
-    pose_vfa = part.poses[ses]["VFA"]
+    poses = part.poses[tp.key]
     r1_agent = np.float32(R1_AGUIX_PER_MM_PER_S)
-    rx = _receive_field(shape, affine, part.rx_direction[ses], ctx.anat.centroid_mm)
+    rx = _receive_field(shape, affine, part.rx_direction[tp.key], ctx.anat.centroid_mm)
     anat_dir = ctx.bids_dir / sub / f"ses-{ses}" / "anat"
-    truth_stem = ctx.truth_dir / sub / f"ses-{ses}" / f"{sub}_ses-{ses}_space-VFA"
+    stem = f"{sub}_{tp.label}"
+    truth_dir = ctx.truth_dir / sub / f"ses-{ses}"
+    sigmas: dict[str, float] = {}
+    b1_kappa = None
 
-    # VFA: noise-free images first; sigma from their white-matter signal.
-    vfa = _Fields(ctx.anat, part, shape, affine, pose_vfa, pool=ctx.cpu)
-    kappa = _b1_field(shape, affine, pose_vfa, part.b1_tilt)
-    r1v = vfa.r1_pre + r1_agent * vfa.concentration(c0).astype(np.float32)
-    m0_app = (np.float32(SIGNAL_SCALE) * rx * vfa.m0).astype(np.float32)
-    clean = [_spgr(m0_app, r1v, kappa * np.float32(math.radians(fa)), VFA_TR_S)
-             for fa in VFA_FLIP_DEG]
-    wm_mask = (vfa.wm >= 0.9) & (vfa.lesion_f < 0.01)
-    sigma = max(float(img[wm_mask].mean()) for img in clean) / ctx.snr
-    save(Path(f"{truth_stem}_B1map.nii.gz"), kappa, affine)
-    save(Path(f"{truth_stem}_T1map.nii.gz"), _inverse(r1v), affine)
-    save(Path(f"{truth_stem}_M0map.nii.gz"), m0_app, affine)
-    del vfa, r1v, m0_app
+    def wm_mean(fields, img):
+        return float(np.abs(img[(fields.wm >= 0.9) & (fields.lesion_f < 0.01)]).mean())
 
-    # T1w (the D0 pose is the identity: reuse the reference fields).
-    t1w = ref if np.array_equal(pose_t1w, np.eye(4)) else _Fields(
-        ctx.anat, part, shape, affine, pose_t1w, pool=ctx.cpu)
-    kappa_t = _b1_field(shape, affine, pose_t1w, part.b1_tilt)
-    r1t = t1w.r1_pre + r1_agent * t1w.concentration(c0).astype(np.float32)
-    t1w_clean = _spgr(np.float32(SIGNAL_SCALE) * rx * t1w.m0, r1t,
-                      kappa_t * np.float32(math.radians(T1W_FLIP_DEG)), T1W_TR_S)
-    del t1w, r1t, kappa_t, rx
+    def fields_at(kind):
+        fields = _Fields(ctx.anat, part, shape, affine, poses[kind], pool=ctx.cpu)
+        kappa = _b1_field(shape, affine, poses[kind], part.b1_tilt)
+        r1 = fields.r1_pre + r1_agent * fields.concentration(c0).astype(np.float32)
+        m0_app = (np.float32(SIGNAL_SCALE) * rx * fields.m0).astype(np.float32)
+        save(truth_dir / f"{stem}_space-{kind}_B1map.nii.gz", kappa, affine)
+        save(truth_dir / f"{stem}_space-{kind}_T1map.nii.gz", _inverse(r1), affine)
+        save(truth_dir / f"{stem}_space-{kind}_M0map.nii.gz", m0_app, affine)
+        return fields, kappa, r1, m0_app
 
-    def noisy(img: np.ndarray) -> np.ndarray:
+    def noisy(img: np.ndarray, sigma: float) -> np.ndarray:
         if sigma == 0.0:
             return img.astype(np.float32)
         re = img + np.float32(sigma) * rng.standard_normal(img.shape, dtype=np.float32)
         im = np.float32(sigma) * rng.standard_normal(img.shape, dtype=np.float32)
         return np.hypot(re, im)
 
-    save(anat_dir / f"{sub}_ses-{ses}_T1w.nii.gz", noisy(t1w_clean), affine)
-    _write_json(anat_dir / f"{sub}_ses-{ses}_T1w.json", {
+    vfa_clean = None
+    if "VFA" in part.kinds:
+        # VFA: noise-free images first; sigma from their white-matter signal.
+        vfa, kappa, r1v, m0_app = fields_at("VFA")
+        vfa_clean = [_spgr(m0_app, r1v, kappa * np.float32(math.radians(fa)), VFA_TR_S)
+                     for fa in VFA_FLIP_DEG]
+        sigmas["VFA"] = max(wm_mean(vfa, img) for img in vfa_clean) / ctx.snr
+        b1_kappa = kappa
+        del vfa, r1v, m0_app
+
+    if "MP2RAGE" in part.kinds:
+        protocol = MP2RAGEProtocol(**MP2RAGE_PROTOCOL)
+        mp, kappa_m, r1m, m0m = fields_at("MP2RAGE")
+        t1m = np.where(r1m > 1e-3, 1.0 / np.maximum(r1m, 1e-3), 5.0)
+        s1, s2 = mp2rage_signals(t1m, protocol, b1=kappa_m, m0=m0m)
+        sigma_m = wm_mean(mp, s2) / ctx.snr
+        sigmas["MP2RAGE"] = sigma_m
+        if b1_kappa is None:
+            b1_kappa = kappa_m
+        images = _mp2rage_images(s1, s2, sigma_m, rng, part.rx_direction[tp.key], affine,
+                                 shape, part.role.phase_units)
+        del mp, r1m, m0m, t1m, s1, s2, kappa_m
+        phase_dtype = np.int16 if part.role.phase_units == "siemens" else np.float32
+        for n in (1, 2):
+            side = {"FlipAngle": MP2RAGE_PROTOCOL["flip_angles_deg"][n - 1],
+                    "InversionTime": MP2RAGE_PROTOCOL["inversion_times_s"][n - 1]}
+            save(anat_dir / f"{stem}_inv-{n}_part-mag_MP2RAGE.nii.gz", images[f"inv{n}_mag"],
+                 affine)
+            _write_json(anat_dir / f"{stem}_inv-{n}_part-mag_MP2RAGE.json", side)
+            save(anat_dir / f"{stem}_inv-{n}_part-phase_MP2RAGE.nii.gz",
+                 images[f"inv{n}_phase"], affine, phase_dtype)
+            phase_side = dict(side)
+            if part.role.phase_units == "rad":
+                phase_side["Units"] = "rad"
+            _write_json(anat_dir / f"{stem}_inv-{n}_part-phase_MP2RAGE.json", phase_side)
+        save(anat_dir / f"{stem}_UNIT1.nii.gz", images["unit1"], affine, np.uint16)
+        del images
+
+    # T1w (the D0 pose is the identity: reuse the reference fields).
+    pose_t1w = poses["T1w"]
+    t1w = ref if np.array_equal(pose_t1w, np.eye(4)) else _Fields(
+        ctx.anat, part, shape, affine, pose_t1w, pool=ctx.cpu)
+    kappa_t = _b1_field(shape, affine, pose_t1w, part.b1_tilt)
+    r1t = t1w.r1_pre + r1_agent * t1w.concentration(c0).astype(np.float32)
+    t1w_clean = _spgr(np.float32(SIGNAL_SCALE) * rx * t1w.m0, r1t,
+                      kappa_t * np.float32(math.radians(T1W_FLIP_DEG)), T1W_TR_S)
+    if "VFA" not in sigmas:  # no VFA: the T1w noise follows the SNR definition on itself
+        sigmas["VFA"] = wm_mean(t1w, t1w_clean) / ctx.snr
+    sigma = sigmas["VFA"]
+    del t1w, r1t, kappa_t
+
+    save(anat_dir / f"{stem}_T1w.nii.gz", noisy(t1w_clean, sigma), affine)
+    _write_json(anat_dir / f"{stem}_T1w.json", {
         "FlipAngle": T1W_FLIP_DEG, "RepetitionTime": T1W_TR_S, "EchoTime": TE_S,
         "MagneticFieldStrength": FIELD_STRENGTH_T,
     })
     del t1w_clean
     b1_id = f"B1sub{part.label}ses{ses}" if part.b1_units else None
-    for n, (fa, img) in enumerate(zip(VFA_FLIP_DEG, clean, strict=True), start=1):
-        save(anat_dir / f"{sub}_ses-{ses}_flip-{n}_VFA.nii.gz", noisy(img), affine)
-        _write_json(anat_dir / f"{sub}_ses-{ses}_flip-{n}_VFA.json", _sidecar_vfa(fa, b1_id))
-    if part.b1_units:
+    if vfa_clean is not None:
+        for n, (fa, img) in enumerate(zip(VFA_FLIP_DEG, vfa_clean, strict=True), start=1):
+            save(anat_dir / f"{stem}_flip-{n}_VFA.nii.gz", noisy(img, sigma), affine)
+            _write_json(anat_dir / f"{stem}_flip-{n}_VFA.json", _sidecar_vfa(fa, b1_id))
+    if part.b1_units and tp.ceagent is None:
+        # One B1+ map per session, acquired with the first T1-mapping images.
         fmap_dir = ctx.bids_dir / sub / f"ses-{ses}" / "fmap"
-        values = kappa * np.float32(100.0) if part.b1_units == "percent" else kappa
+        values = b1_kappa * np.float32(100.0) if part.b1_units == "percent" else b1_kappa
         save(fmap_dir / f"{sub}_ses-{ses}_TB1map.nii.gz", values, affine)
         _write_json(fmap_dir / f"{sub}_ses-{ses}_TB1map.json", {
             "Units": part.b1_units,
             "B1FieldIdentifier": b1_id,
-            "IntendedFor": [f"bids::{sub}/ses-{ses}/anat/{sub}_ses-{ses}_flip-{n}_VFA.nii.gz"
-                            for n in range(1, len(VFA_FLIP_DEG) + 1)],
+            "IntendedFor": _intended_for(part, ses),
         })
-    return sigma
+    return sigmas
+
+
+def _image_names(part: _Participant, tp: _Timepoint) -> list[str]:
+    """Raw image paths of one timepoint, relative to its session folder."""
+    stem = f"anat/sub-{part.label}_{tp.label}"
+    names = [f"{stem}_T1w.nii.gz"]
+    if "VFA" in part.kinds:
+        names += [f"{stem}_flip-{n}_VFA.nii.gz" for n in range(1, len(VFA_FLIP_DEG) + 1)]
+    if "MP2RAGE" in part.kinds:
+        names += [f"{stem}_inv-{n}_part-{p}_MP2RAGE.nii.gz" for n in (1, 2)
+                  for p in ("mag", "phase")] + [f"{stem}_UNIT1.nii.gz"]
+    return names
+
+
+def _intended_for(part: _Participant, ses: str) -> list[str]:
+    sub = f"sub-{part.label}"
+    return [f"bids::{sub}/ses-{ses}/{name}" for tp in part.timepoints if tp.session == ses
+            for name in _image_names(part, tp) if not name.endswith("_T1w.nii.gz")]
 
 
 def _participant_info(part: _Participant) -> dict:
     return {
+        "design": part.role.design,
+        "t1_methods": list(part.role.methods),
+        "timepoints": {tp.key: tp.label for tp in part.timepoints},
+        "mp2rage_phase_units": part.role.phase_units,
         "agent": part.agent,
         "dose_mg_per_kg": part.dose_mg_per_kg,
         "weight_kg": part.weight_kg,
@@ -1160,9 +1393,10 @@ def _truth_json(seed, participants, resolution_mm, shape, affine, snr, sigmas, a
         "grid_affine": affine.tolist(),
         "snr": snr if math.isfinite(snr) else None,
         "snr_definition": "sigma = (mean magnitude over WM (WM fraction >= 0.9, lesion "
-                          "fraction < 0.01) of the VFA image with the highest mean WM signal)"
-                          " / snr; complex Gaussian noise, magnitude images; one sigma for "
-                          "all images of a session",
+                          "fraction < 0.01) of the VFA image with the highest mean WM signal,"
+                          " or of the T1w when there is no VFA) / snr; complex Gaussian "
+                          "noise, magnitude images; one sigma for the T1w and VFA images of "
+                          "a timepoint (noise_sigma); MP2RAGE has its own (noise_sigma_mp2rage)",
         "noise_sigma": sigmas,
         "signal_scale": SIGNAL_SCALE,
         "field_strength_T": FIELD_STRENGTH_T,
@@ -1172,6 +1406,13 @@ def _truth_json(seed, participants, resolution_mm, shape, affine, snr, sigmas, a
                 "echo_time_s": TE_S},
         "t1w": {"flip_angle_deg": T1W_FLIP_DEG, "repetition_time_s": T1W_TR_S,
                 "echo_time_s": TE_S},
+        "mp2rage": {**{k: list(v) if isinstance(v, tuple) else v
+                       for k, v in MP2RAGE_PROTOCOL.items()},
+                    "model": "Marques et al. 2010 steady state (bids_agquant.qmri.mp2rage."
+                             "mp2rage_signals), complex images with a shared background phase "
+                             f"{PHASE_OFFSET_RAD} rad + 2 pi (d . y) / {PHASE_RAMP_MM} mm, "
+                             "UNIT1 = round(4095 (UNI + 0.5)) from the noisy complex images",
+                    "snr_definition": "sigma = mean |INV2| over WM / snr (own sigma)"},
         "tissue": {t: {"t1_s": T1_S[t], "m0_relative": M0_REL[t]} for t in T1_S},
         "tissue_sources": {
             "t1_wm_gm": "Wansapura et al., JMRI 9:531-538 (1999), 3 T",
@@ -1279,6 +1520,7 @@ def make_dataset(path, *, participants: int = 3, resolution_mm: int = 2, snr: fl
     lesion_rows: list[list[object]] = []
     transforms: dict[str, dict] = {}
     sigmas: dict[str, dict[str, float]] = {}
+    sigmas_mp2rage: dict[str, dict[str, float]] = {}
     part_info: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=2) as io_pool, ThreadPoolExecutor(3) as cpu:
         save = _Saver(io_pool)
@@ -1289,16 +1531,32 @@ def make_dataset(path, *, participants: int = 3, resolution_mm: int = 2, snr: fl
                 sub = f"sub-{part.label}"
                 ref, scales, rows = _write_reference(ctx, part)
                 lesion_rows.extend(rows)
-                transforms[sub] = {ses: {k: part.poses[ses][k].tolist() for k in ("T1w", "VFA")}
-                                   for ses in SESSIONS}
-                sigmas[sub] = {ses: _write_session(ctx, part, rng, ses, ref, scales[ses])
-                               for ses in SESSIONS}
+                transforms[sub] = {key: {k: pose.tolist() for k, pose in poses.items()}
+                                   for key, poses in part.poses.items()}
+                sigmas[sub] = {}
+                for tp in part.timepoints:
+                    acq_sigmas = _write_timepoint(ctx, part, rng, tp, ref, scales[tp.key])
+                    sigmas[sub][tp.key] = acq_sigmas["VFA"]
+                    if "MP2RAGE" in acq_sigmas:
+                        sigmas_mp2rage.setdefault(sub, {})[tp.key] = acq_sigmas["MP2RAGE"]
+                first = {}
+                for tp in part.timepoints:
+                    first.setdefault(tp.session, tp)
                 _write_tsv(
                     bids_dir / sub / f"{sub}_sessions.tsv",
                     ["session_id", "acq_time", "hours_post_injection"],
-                    [[f"ses-{ses}", part.acq_time[ses], part.hours_post_injection[ses]]
-                     for ses in SESSIONS],
+                    [[f"ses-{ses}", part.acq_time[tp.key], part.hours_post_injection[tp.key]]
+                     for ses, tp in first.items()],
                 )
+                if part.role.design == "same-session":
+                    # Pre and post images share the session: their times go in scans.tsv.
+                    _write_tsv(
+                        bids_dir / sub / f"ses-{BASELINE_SESSION}"
+                        / f"{sub}_ses-{BASELINE_SESSION}_scans.tsv",
+                        ["filename", "acq_time", "hours_post_injection"],
+                        [[name, part.acq_time[tp.key], part.hours_post_injection[tp.key]]
+                         for tp in part.timepoints for name in _image_names(part, tp)],
+                    )
                 part_info[sub] = _participant_info(part)
                 del ref
         finally:
@@ -1306,6 +1564,8 @@ def make_dataset(path, *, participants: int = 3, resolution_mm: int = 2, snr: fl
 
     _write_tsv(truth / "lesions.tsv", LESION_COLUMNS, lesion_rows)
     _write_json(truth / "transforms.json", transforms)
-    _write_json(truth / "truth.json", _truth_json(seed, participants, resolution_mm, shape,
-                                                  affine, snr, sigmas, anat, part_info))
+    info = _truth_json(seed, participants, resolution_mm, shape, affine, snr, sigmas, anat,
+                       part_info)
+    info["noise_sigma_mp2rage"] = sigmas_mp2rage
+    _write_json(truth / "truth.json", info)
     return DRO(bids_dir=bids_dir, contours_dir=contours_dir, truth_dir=truth)

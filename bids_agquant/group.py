@@ -27,7 +27,7 @@ def combine_lesion_tables(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 def participant_summary(lesions: pd.DataFrame, participants: pd.DataFrame | None = None,
                         ) -> pd.DataFrame:
-    """One row per participant and timepoint: mean of lesion means and mean p75 (mM Gd).
+    """One row per participant, timepoint (and T1 method): mean of lesion means and mean p75.
 
     Parameters
     ----------
@@ -38,7 +38,8 @@ def participant_summary(lesions: pd.DataFrame, participants: pd.DataFrame | None
     """
     if lesions.empty:
         return pd.DataFrame(columns=["participant_id", "timepoint", "n_lesions"])
-    grouped = lesions.groupby(["participant_id", "timepoint"], sort=True)
+    keys = ["participant_id", "timepoint"] + (["t1_method"] if "t1_method" in lesions else [])
+    grouped = lesions.groupby(keys, sort=True)
     summary = grouped.agg(
         n_lesions=("lesion_id", "size"),
         gd_mM_mean_of_lesion_means=("gd_mM_mean", "mean"),
@@ -46,10 +47,9 @@ def participant_summary(lesions: pd.DataFrame, participants: pd.DataFrame | None
     ).reset_index()
     if "measurable" in lesions:
         measurable = lesions[lesions["measurable"].astype(str).str.lower() == "true"]
-        means = measurable.groupby(["participant_id", "timepoint"])["gd_mM_mean"].mean()
+        means = measurable.groupby(keys)["gd_mM_mean"].mean()
         summary["gd_mM_mean_of_measurable_lesion_means"] = [
-            means.get((p, t), np.nan) for p, t in zip(summary["participant_id"],
-                                                      summary["timepoint"], strict=True)]
+            means.get(tuple(row), np.nan) for row in summary[keys].itertuples(index=False)]
     if participants is not None and "participant_id" in participants:
         keep = [c for c in ("participant_id", "agent", "dose_mg_per_kg", "weight_kg",
                             "primary_tumor") if c in participants]

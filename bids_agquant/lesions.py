@@ -342,7 +342,7 @@ def lesion_table(
 
 # --------------------------------------------------------------------------- data dictionary
 
-_FIXED_COLUMNS: dict[str, dict[str, str]] = {
+_FIXED_COLUMNS: dict[str, dict] = {
     "lesion_id": {
         "LongName": "Lesion identifier",
         "Description": "Integer label of the lesion in the desc-GTV_dseg label image.",
@@ -350,6 +350,11 @@ _FIXED_COLUMNS: dict[str, dict[str, str]] = {
     "timepoint": {
         "LongName": "Timepoint",
         "Description": "BIDS session label of the timepoint the row describes.",
+    },
+    "t1_method": {
+        "LongName": "T1 mapping method",
+        "Description": "Method of the T1 maps the concentrations come from.",
+        "Levels": {"vfa": "variable flip angle (DESPOT1)", "mp2rage": "MP2RAGE look-up"},
     },
     "n_voxels": {
         "LongName": "Number of voxels",

@@ -19,13 +19,33 @@ def _config(tmp_path, dro):
 def test_full_plan_wires_every_timepoint(dro2mm, tmp_path):
     plan = collect_plan(load_layout(dro2mm.bids_dir), "01", contours_dir=dro2mm.contours_dir)
     names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
-    for tp in ("D0", "D1", "D8"):
-        assert f"vfa_t1map_{tp}_wf.fit_vfa" in names
-        assert f"reg_vfa_{tp}_wf.register" in names
+    # sub-01 has VFA and MP2RAGE at every session: both methods all the way to lesion tables.
+    for method in ("vfa", "mp2rage"):
+        for tp in ("D0", "D1", "D8"):
+            assert f"{method}_t1map_{tp}_wf.fit_{method}" in names
+            assert f"reg_{method}_{tp}_wf.register" in names
+        for tp in ("D1", "D8"):
+            for node in (f"uptake_{method}_{tp}", f"lesion_table_{method}_{tp}",
+                         f"ds_gdconc_{method}_{tp}", f"ds_lesions_{method}_{tp}"):
+                assert node in names
     for tp in ("D1", "D8"):
-        for node in (f"reg_{tp}_to_ref_wf.register", f"uptake_{tp}", f"lesion_table_{tp}",
-                     f"ds_gdconc_{tp}", f"ds_lesions_{tp}", f"contours_to_{tp}"):
+        for node in (f"reg_{tp}_to_ref_wf.register", f"contours_to_{tp}",
+                     f"ds_enhancement_{tp}"):
             assert node in names
+
+
+def test_same_session_pre_post_plan(dro2mm, tmp_path):
+    plan = collect_plan(load_layout(dro2mm.bids_dir), "02", contours_dir=dro2mm.contours_dir)
+    assert plan.baseline.methods == ["mp2rage"]
+    assert [tp.label for tp in plan.posts] == ["ses-D0_ce-AGuIX"]
+    assert plan.posts[0].hours_post_injection == 2.0
+    assert plan.baseline.mp2rage.uni_source == "complex"
+    assert plan.baseline.mp2rage.phase_units is None  # Siemens integer phase, detected
+    names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
+    assert {"mp2rage_t1map_D0_wf.fit_mp2rage", "mp2rage_t1map_D0ceAGuIX_wf.fit_mp2rage",
+            "reg_D0ceAGuIX_to_ref_wf.register", "uptake_mp2rage_D0ceAGuIX",
+            "lesion_table_mp2rage_D0ceAGuIX"} <= names
+    assert not any("vfa" in name for name in names)
 
 
 def test_plan_without_contours_writes_maps_but_no_tables(dro2mm, tmp_path):
@@ -33,7 +53,7 @@ def test_plan_without_contours_writes_maps_but_no_tables(dro2mm, tmp_path):
     assert plan.contours is None
     assert any("no GTV contours" in note for note in plan.notes)
     names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
-    assert "ds_gdconc_D1" in names
+    assert "ds_gdconc_vfa_D1" in names
     assert not any(name.startswith("lesion_table") for name in names)
 
 
@@ -43,7 +63,8 @@ def test_baseline_only_participant_still_gets_t1_maps(dro2mm, tmp_path):
     assert plan.posts == []
     assert any("nothing to compare" in note for note in plan.notes)
     names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
-    assert {"ds_t1map_D0", "ds_r1map_D0", "ds_r1map_ref_baseline"} <= names
+    assert {"ds_t1map_vfa_D0", "ds_r1map_vfa_D0", "ds_r1map_ref_vfa_baseline",
+            "ds_t1map_mp2rage_D0", "ds_r1map_ref_mp2rage_baseline"} <= names
     assert not any(name.startswith("uptake") for name in names)
 
 

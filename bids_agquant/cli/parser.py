@@ -37,11 +37,22 @@ def _plugin_args(value: str) -> dict:
     return data
 
 
+def _efficiency(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bids-agquant",
         description="Gadolinium nanoparticle uptake maps and per-lesion statistics from a BIDS "
-                    "trial dataset (VFA T1 mapping, ANTs registration, ΔR1 → mM Gd → mg/L).",
+                    "trial dataset (VFA or MP2RAGE T1 mapping, ANTs registration, "
+                    "ΔR1 → mM Gd → mg/L).",
     )
     parser.add_argument("bids_dir", type=Path, help="root of the raw BIDS dataset")
     parser.add_argument("output_dir", type=Path,
@@ -81,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="particle/molecule molar mass, g/mol; overrides the preset")
     sci.add_argument("--measurable-threshold-mm", type=float, default=10.0,
                      help="longest diameter (mm) at or above which a lesion is measurable")
+
+    t1 = parser.add_argument_group("T1 mapping")
+    t1.add_argument("--vfa-fit", choices=["linear", "wlls", "nlls"], default="linear",
+                    help="VFA fit: linear DESPOT1 (default), weighted linear, or nonlinear least "
+                         "squares on the signal equation (more precise with noise, slower)")
+    t1.add_argument("--inversion-efficiency", type=_efficiency, default=None, metavar="EFF",
+                    help="MP2RAGE inversion efficiency in (0, 1]; default: the sidecar's "
+                         "InversionEfficiency, else 0.96 (Siemens adiabatic pulse, Marques 2010)")
 
     perf = parser.add_argument_group("performance and reproducibility")
     perf.add_argument("-w", "--work-dir", type=Path, default=None,

@@ -66,6 +66,8 @@ def _config_from_opts(opts) -> RunConfig:
         gd_per_particle=opts.gd_per_particle,
         molar_mass=opts.molar_mass,
         measurable_threshold_mm=opts.measurable_threshold_mm,
+        vfa_fit=opts.vfa_fit,
+        inversion_efficiency=opts.inversion_efficiency,
         run_uuid=run_uuid,
     )
 
@@ -149,7 +151,7 @@ def run_participant(config: RunConfig) -> int:
                             contours_dir=config.contours_dir)
         for note in plan.notes:
             LOGGER.info("sub-%s: %s", subject, note)
-        field = plan.baseline.vfa.field_strength_T or 3.0
+        field = plan.baseline.field_strength_T or 3.0
         try:
             agents[subject] = _agent_for(plan, config, field)
         except ValueError as exc:

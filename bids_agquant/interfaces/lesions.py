@@ -67,6 +67,7 @@ class _LesionTableInputSpec(BaseInterfaceInputSpec):
     enhancement = File(exists=True, desc="SE % map in reference space")
     names_tsv = File(exists=True, desc="dseg.tsv with index/name columns")
     timepoint = traits.Str(mandatory=True)
+    t1_method = traits.Str(desc="T1 method the concentrations come from (vfa, mp2rage)")
     measurable_threshold_mm = traits.Float(10.0, usedefault=True)
     hours_post_injection = traits.Either(None, traits.Float, usedefault=True)
 
@@ -106,6 +107,8 @@ class LesionTable(SimpleInterface):
         table = lesion_table(labels, label_img.affine, maps,
                              measurable_threshold_mm=self.inputs.measurable_threshold_mm)
         table.insert(1, "timepoint", self.inputs.timepoint)
+        if self.inputs.t1_method:
+            table.insert(2, "t1_method", self.inputs.t1_method)
         if self.inputs.names_tsv:
             names = pd.read_csv(self.inputs.names_tsv, sep="\t")
             if {"index", "name"} <= set(names.columns):

@@ -62,6 +62,7 @@ class _FitVFAInputSpec(BaseInterfaceInputSpec):
     repetition_time_s = traits.Float(mandatory=True, desc="TR of the SPGR acquisition, s")
     b1_map = File(exists=True, desc="B1+ map (fraction or percent), any grid of the session")
     b1_units = traits.Str(desc="the B1 map sidecar's Units, if any")
+    method = traits.Enum("linear", "wlls", "nlls", usedefault=True, desc="fit method")
 
 
 class _FitVFAOutputSpec(TraitedSpec):
@@ -72,39 +73,58 @@ class _FitVFAOutputSpec(TraitedSpec):
     b1_decision = traits.Str(desc="how the B1 map units were interpreted")
 
 
+def _b1_on_grid(b1_map: str, units: str | None, reference: nb.Nifti1Image):
+    """B1+ fraction on ``reference``'s grid, and the units decision.
+
+    The B1 map comes from the same session: scanner coordinates are shared, so the header
+    alone places it on the grid.
+    """
+    from nilearn.image import resample_to_img
+
+    from ..qmri.b1 import b1_to_fraction
+
+    b1_on_grid = resample_to_img(nb.load(b1_map), reference, interpolation="continuous",
+                                 force_resample=True, copy_header=True)
+    b1, decision = b1_to_fraction(np.asarray(b1_on_grid.dataobj, np.float64), units or None)
+    LOGGER.info("%s: %s", b1_map, decision)
+    return b1, decision
+
+
+def _same_grid(files, images):
+    ref = images[0]
+    for f, img in zip(files, images, strict=True):
+        if img.ndim != 3 and not (img.ndim == 4 and img.shape[3] == 1):
+            raise ValueError(f"{f}: expected a 3-D image, got shape {img.shape}")
+        if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+            raise ValueError(f"{f}: images of one acquisition must share one grid "
+                             f"(as {files[0]})")
+
+
+def _volume(img: nb.Nifti1Image) -> np.ndarray:
+    return np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+
+
 class FitVFA(SimpleInterface):
-    """Linear DESPOT1 T1 fit of a VFA set (``qmri.vfa.fit_vfa_linear``), optional B1+."""
+    """DESPOT1 T1 fit of a VFA set (``qmri.vfa.fit_vfa``), optional B1+."""
 
     input_spec = _FitVFAInputSpec
     output_spec = _FitVFAOutputSpec
 
     def _run_interface(self, runtime):
-        from ..qmri.b1 import b1_to_fraction
-        from ..qmri.vfa import fit_vfa_linear
+        from ..qmri.vfa import fit_vfa
 
         images = [nb.load(f) for f in self.inputs.in_files]
         ref = images[0]
-        for f, img in zip(self.inputs.in_files, images, strict=True):
-            if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
-                raise ValueError(f"{f}: VFA images of one timepoint must share one grid")
-        signals = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images], axis=-1)
+        _same_grid(self.inputs.in_files, images)
+        signals = np.stack([_volume(img) for img in images], axis=-1)
         mask = signal_mask(signals.mean(axis=-1))
         b1 = None
         decision = "no B1+ map: nominal flip angles used"
         if self.inputs.b1_map:
-            from nilearn.image import resample_to_img
-
-            b1_img = nb.load(self.inputs.b1_map)
-            # The B1 map comes from the same session: scanner coordinates are shared, so the
-            # header alone places it on the VFA grid.
-            b1_on_grid = resample_to_img(b1_img, ref, interpolation="continuous",
-                                         force_resample=True, copy_header=True)
-            b1, decision = b1_to_fraction(np.asarray(b1_on_grid.dataobj, np.float64),
-                                          self.inputs.b1_units or None)
+            b1, decision = _b1_on_grid(self.inputs.b1_map, self.inputs.b1_units, ref)
             mask &= b1 > 0
-            LOGGER.info("%s: %s", self.inputs.b1_map, decision)
-        fit = fit_vfa_linear(signals, self.inputs.flip_angles_deg, self.inputs.repetition_time_s,
-                             b1=b1, mask=mask)
+        fit = fit_vfa(signals, self.inputs.flip_angles_deg, self.inputs.repetition_time_s,
+                      b1=b1, mask=mask, method=self.inputs.method)
         cwd = runtime.cwd
         self._results["t1map"] = _save(fit.t1_s, ref, os.path.join(cwd, "T1map.nii.gz"))
         self._results["r1map"] = _save(fit.r1_per_s, ref, os.path.join(cwd, "R1map.nii.gz"))
@@ -113,6 +133,86 @@ class FitVFA(SimpleInterface):
         self._results["reference_image"] = _save(signals[..., -1], ref,
                                                  os.path.join(cwd, "vfa_reference.nii.gz"))
         self._results["b1_decision"] = decision
+        return runtime
+
+
+class _FitMP2RAGEInputSpec(BaseInterfaceInputSpec):
+    inv1 = File(exists=True, desc="INV1 magnitude")
+    inv2 = File(exists=True, desc="INV2 magnitude")
+    inv1_phase = File(exists=True, desc="INV1 phase")
+    inv2_phase = File(exists=True, desc="INV2 phase")
+    phase_units = traits.Str(desc="the phase sidecar's Units, if any")
+    unit1 = File(exists=True, desc="scanner UNI image, 0-4095")
+    uni_source = traits.Enum("complex", "unit1", "magnitude", mandatory=True,
+                             desc="which images give UNI")
+    protocol = traits.Dict(mandatory=True, desc="MP2RAGEProtocol fields")
+    b1_map = File(exists=True, desc="B1+ map (fraction or percent), any grid of the session")
+    b1_units = traits.Str(desc="the B1 map sidecar's Units, if any")
+
+
+class _FitMP2RAGEOutputSpec(TraitedSpec):
+    t1map = File(exists=True, desc="T1, seconds; 0 where invalid")
+    r1map = File(exists=True, desc="R1 = 1/T1, 1/s; 0 where invalid")
+    valid_mask = File(exists=True, desc="voxels on the monotonic branch of the look-up")
+    uni = File(exists=True, desc="UNI contrast in [-0.5, 0.5]")
+    b1_decision = traits.Str(desc="how the B1 map units were interpreted")
+    uni_decision = traits.Str(desc="how UNI was obtained")
+
+
+class FitMP2RAGE(SimpleInterface):
+    """MP2RAGE T1 by look-up (``qmri.mp2rage``), UNI from complex, scanner or magnitude data."""
+
+    input_spec = _FitMP2RAGEInputSpec
+    output_spec = _FitMP2RAGEOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..qmri import mp2rage as mp
+
+        protocol = mp.MP2RAGEProtocol(**self.inputs.protocol)
+        source = self.inputs.uni_source
+        if source == "unit1":
+            ref = nb.load(self.inputs.unit1)
+            _same_grid([self.inputs.unit1], [ref])
+            uni = mp.uni_from_unit1(_volume(ref))
+            uni_decision = "UNI from the scanner UNIT1 image (x / 4095 - 0.5)"
+        else:
+            files = [self.inputs.inv1, self.inputs.inv2]
+            if source == "complex":
+                files += [self.inputs.inv1_phase, self.inputs.inv2_phase]
+            images = [nb.load(f) for f in files]
+            _same_grid(files, images)
+            ref = images[0]
+            mag1, mag2 = _volume(images[0]), _volume(images[1])
+        b1, b1_decision = None, "no B1+ map: nominal flip angles used"
+        if self.inputs.b1_map:
+            b1, b1_decision = _b1_on_grid(self.inputs.b1_map, self.inputs.b1_units, ref)
+        mask = None
+        if source != "unit1":
+            mask = signal_mask(mag2)
+        if source == "complex":
+            units = self.inputs.phase_units or None
+            phase1, decision1 = mp.phase_to_radians(_volume(images[2]), units)
+            phase2, _ = mp.phase_to_radians(_volume(images[3]), units)
+            uni = mp.uni_from_signals(mp.complex_signal(mag1, phase1),
+                                      mp.complex_signal(mag2, phase2))
+            uni_decision = f"UNI from complex INV1/INV2 (phase: {decision1})"
+        elif source == "magnitude":
+            voxel = tuple(float(z) for z in ref.header.get_zooms()[:3])
+            signed1, ambiguous = mp.recover_inv1_sign(mag1, mag2, protocol, b1=b1, mask=mask,
+                                                      voxel_size_mm=voxel)
+            uni = mp.uni_from_signals(signed1, mag2)
+            uni_decision = (f"UNI from magnitude-only INV1/INV2; INV1 sign recovered from the "
+                            f"smooth-M0 prior in {int(ambiguous.sum())} ambiguous voxels")
+        LOGGER.info("%s", uni_decision)
+        fit = mp.fit_t1_mp2rage(uni, protocol, b1=b1, mask=mask)
+        cwd = runtime.cwd
+        self._results["t1map"] = _save(fit.t1_s, ref, os.path.join(cwd, "T1map.nii.gz"))
+        self._results["r1map"] = _save(fit.r1_per_s, ref, os.path.join(cwd, "R1map.nii.gz"))
+        self._results["valid_mask"] = _save(fit.valid, ref, os.path.join(cwd, "valid.nii.gz"),
+                                            np.uint8)
+        self._results["uni"] = _save(uni, ref, os.path.join(cwd, "UNI.nii.gz"))
+        self._results["b1_decision"] = b1_decision
+        self._results["uni_decision"] = uni_decision
         return runtime
 
 

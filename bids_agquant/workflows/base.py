@@ -1,6 +1,7 @@
 """Top-level workflows: the whole run, and one participant.
 
-Data flow (DESIGN.md §2): per timepoint a native-space T1 fit and a VFA → T1w registration;
+Data flow (DESIGN.md §2): per timepoint and T1 method (VFA, MP2RAGE) a native-space T1 fit
+and a registration of the method's images to the session T1w;
 per post-agent timepoint a T1w → baseline T1w registration (lesions masked out of the metric);
 R1 maps resampled into the reference (baseline T1w) space; ΔR1 → mM Gd → mg/L; SE % on the
 T1w; contours into reference and native spaces; one lesion table per post-agent timepoint.
@@ -9,6 +10,7 @@ T1w; contours into reference and native spaces; one lesion table per post-agent 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from copy import deepcopy
 from pathlib import Path
 
@@ -16,13 +18,18 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..bids import ParticipantPlan, bids_uri
-from ..config import AgentParameters, RunConfig
+from ..config import AgentParameters, RunConfig, agent_for_timepoint
 from ..interfaces.ants import ApplyTransforms
 from ..interfaces.lesions import LesionTable, PrepareContours
 from ..interfaces.qmri import ComputeUptake, SignalEnhancement, SignalMask
-from .outputs import UNITS, ds_node, vfa_metadata
+from .outputs import UNITS, ds_node, t1map_metadata
 from .registration import init_rigid_registration_wf
-from .t1map import init_vfa_t1map_wf
+from .t1map import init_t1map_wf
+
+LOGGER = logging.getLogger("bids_agquant")
+
+#: ``from-`` label of each T1 method's images in the method → T1w transform names.
+METHOD_KIND = {"vfa": "VFA", "mp2rage": "MP2RAGE"}
 
 
 def init_bids_agquant_wf(config: RunConfig, plans: list[ParticipantPlan],
@@ -50,63 +57,87 @@ def _resample(name, *, reference, interpolation="linear", out_name="resampled.ni
 def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentParameters):
     """Uptake workflow of one participant.
 
+    Every timepoint gets a native-space T1/R1 map per T1 method it has (``desc-vfa``,
+    ``desc-mp2rage``). Without a baseline T1w (plain T1 mapping) that is all. Otherwise each
+    method's images are registered to their session's T1w, and every post-agent timepoint gets
+    uptake maps and lesion tables for each method it shares with the baseline.
+
     Parameters
     ----------
     plan : ParticipantPlan
         Images, parameters and contours resolved from the BIDS dataset.
     config : RunConfig
-        Run options (seed, threads, sloppy, output directory, thresholds).
+        Run options (seed, threads, sloppy, output directory, thresholds, fit options).
     agent : AgentParameters
-        Relaxivity and particle constants for the concentration maps.
+        The participant's agent; a ``ce-<label>`` naming another preset overrides it for
+        that timepoint (:func:`bids_agquant.config.agent_for_timepoint`).
     """
     workflow = pe.Workflow(name=f"sub_{plan.subject}_wf")
     out = str(config.output_dir)
     bids_dir = Path(config.bids_dir)
     base = plan.baseline
     ref_label = plan.reference_label
-    ref_t1w = str(base.t1w)
-    ref_uri = bids_uri(base.t1w, bids_dir)
     threads = config.omp_nthreads
     reg_kw = {"seed": config.random_seed, "omp_nthreads": threads, "sloppy": config.sloppy}
 
     # ---------------------------------------------------------------- T1 maps, native space
-    t1map_wfs, vfa_regs = {}, {}
+    t1map_wfs, method_regs = {}, {}
     for tp in [base, *plan.posts]:
         suffix = tp.node_suffix
-        t1_wf = init_vfa_t1map_wf(tp, name=f"vfa_t1map_{suffix}_wf")
-        # VFA and T1w are separate acquisitions: the head may move in between.
-        vfa_reg = init_rigid_registration_wf(fixed_image=str(tp.t1w), name=f"reg_vfa_{suffix}_wf",
-                                             **reg_kw)
-        workflow.connect(t1_wf, "outputnode.reference_image", vfa_reg, "inputnode.moving_image")
-        t1map_wfs[tp.label], vfa_regs[tp.label] = t1_wf, vfa_reg
-        meta = vfa_metadata(tp, bids_dir)
-        for field, suffix_ in (("t1map", "T1map"), ("r1map", "R1map")):
-            ds = ds_node(output_dir=out, plan=plan, timepoint=tp, desc="vfa", suffix=suffix_,
-                         name=f"ds_{suffix_.lower()}_{suffix}",
-                         metadata={**meta, "Units": UNITS[suffix_]})
-            workflow.connect(t1_wf, f"outputnode.{field}", ds, "in_file")
-        ds_xfm = ds_node(output_dir=out, plan=plan, timepoint=tp, suffix="xfm",
-                         name=f"ds_xfm_vfa_{suffix}",
-                         metadata={"From": "VFA", "To": "T1w", "Type": "rigid (ANTs)",
-                                   "Sources": meta["Sources"][:1] + [bids_uri(tp.t1w, bids_dir)]},
-                         **{"from": "VFA", "to": "T1w"})
-        workflow.connect(vfa_reg, "outputnode.transform", ds_xfm, "in_file")
+        for method in tp.methods:
+            key = (tp.label, method)
+            t1_wf = init_t1map_wf(tp, method, vfa_fit=config.vfa_fit,
+                                  inversion_efficiency=config.inversion_efficiency,
+                                  name=f"{method}_t1map_{suffix}_wf")
+            t1map_wfs[key] = t1_wf
+            meta = t1map_metadata(tp, method, bids_dir, config)
+            for field, suffix_ in (("t1map", "T1map"), ("r1map", "R1map")):
+                ds = ds_node(output_dir=out, plan=plan, timepoint=tp, desc=method,
+                             suffix=suffix_, name=f"ds_{suffix_.lower()}_{method}_{suffix}",
+                             metadata={**meta, "Units": UNITS[suffix_]})
+                workflow.connect(t1_wf, f"outputnode.{field}", ds, "in_file")
+            if tp.t1w is None:
+                continue  # plain T1 mapping: no anatomical reference to register to
+            # The T1-mapping images and the T1w are separate acquisitions: the head may move.
+            reg = init_rigid_registration_wf(fixed_image=str(tp.t1w),
+                                             name=f"reg_{method}_{suffix}_wf", **reg_kw)
+            workflow.connect(t1_wf, "outputnode.reference_image", reg, "inputnode.moving_image")
+            method_regs[key] = reg
+            kind = METHOD_KIND[method]
+            ds_xfm = ds_node(output_dir=out, plan=plan, timepoint=tp, suffix="xfm",
+                             name=f"ds_xfm_{method}_{suffix}",
+                             metadata={"From": kind, "To": "T1w", "Type": "rigid (ANTs)",
+                                       "Sources": meta["Sources"][:1]
+                                       + [bids_uri(tp.t1w, bids_dir)]},
+                             **{"from": kind, "to": "T1w"})
+            workflow.connect(reg, "outputnode.transform", ds_xfm, "in_file")
+
+    if base.t1w is None:
+        return workflow
+    ref_t1w = str(base.t1w)
+    ref_uri = bids_uri(base.t1w, bids_dir)
 
     # ---------------------------------------------------------------- baseline into reference
-    base_vfa_xfm = pe.Node(niu.Merge(1), name="base_vfa_xfm")
-    workflow.connect(vfa_regs[base.label], "outputnode.transform", base_vfa_xfm, "in1")
-    r1_base_ref = _resample("r1_base_to_ref", reference=ref_t1w, out_name="r1.nii.gz")
-    valid_base_ref = _resample("valid_base_to_ref", reference=ref_t1w, out_name="valid.nii.gz")
-    for node, field in ((r1_base_ref, "r1map"), (valid_base_ref, "valid_mask")):
-        workflow.connect([
-            (t1map_wfs[base.label], node, [(f"outputnode.{field}", "input_image")]),
-            (base_vfa_xfm, node, [("out", "transforms")]),
-        ])
-    ds_r1_base = ds_node(output_dir=out, plan=plan, timepoint=base, space=ref_label, desc="vfa",
-                         suffix="R1map", name="ds_r1map_ref_baseline",
-                         metadata={**vfa_metadata(base, bids_dir), "Units": "1/s",
-                                   "SpatialReference": ref_uri, "Resampling": "linear"})
-    workflow.connect(r1_base_ref, "output_image", ds_r1_base, "in_file")
+    r1_base_ref, valid_base_ref = {}, {}
+    for method in base.methods:
+        key = (base.label, method)
+        base_xfm = pe.Node(niu.Merge(1), name=f"base_{method}_xfm")
+        workflow.connect(method_regs[key], "outputnode.transform", base_xfm, "in1")
+        r1_node = _resample(f"r1_{method}_base_to_ref", reference=ref_t1w, out_name="r1.nii.gz")
+        valid_node = _resample(f"valid_{method}_base_to_ref", reference=ref_t1w,
+                               out_name="valid.nii.gz")
+        for node, field in ((r1_node, "r1map"), (valid_node, "valid_mask")):
+            workflow.connect([
+                (t1map_wfs[key], node, [(f"outputnode.{field}", "input_image")]),
+                (base_xfm, node, [("out", "transforms")]),
+            ])
+        r1_base_ref[method], valid_base_ref[method] = r1_node, valid_node
+        ds_r1_base = ds_node(output_dir=out, plan=plan, timepoint=base, space=ref_label,
+                             desc=method, suffix="R1map", name=f"ds_r1map_ref_{method}_baseline",
+                             metadata={**t1map_metadata(base, method, bids_dir, config),
+                                       "Units": "1/s", "SpatialReference": ref_uri,
+                                       "Resampling": "linear"})
+        workflow.connect(r1_node, "output_image", ds_r1_base, "in_file")
 
     # ---------------------------------------------------------------- contours → reference
     labels_ref = contour_tp = None
@@ -135,6 +166,7 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
         workflow.connect(labels_ref, "output_image", ref_mask, "exclude_labels")
 
     # ---------------------------------------------------------------- post-agent timepoints
+    field_strength = plan.baseline.field_strength_T or agent.field_strength_T
     for tp in plan.posts:
         suffix = tp.node_suffix
         tp_reg = init_rigid_registration_wf(fixed_image=ref_t1w, moving_image=str(tp.t1w),
@@ -147,29 +179,6 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
                          **{"from": "orig", "to": ref_label})
         workflow.connect(tp_reg, "outputnode.transform", ds_xfm, "in_file")
 
-        # R1 and its validity into reference space: point p ↦ T_vfa(T_session(p)).
-        xfms = pe.Node(niu.Merge(2), name=f"xfms_{suffix}")
-        workflow.connect([
-            (tp_reg, xfms, [("outputnode.transform", "in1")]),
-            (vfa_regs[tp.label], xfms, [("outputnode.transform", "in2")]),
-        ])
-        r1_ref = _resample(f"r1_{suffix}_to_ref", reference=ref_t1w, out_name="r1.nii.gz")
-        valid_ref = _resample(f"valid_{suffix}_to_ref", reference=ref_t1w, out_name="valid.nii.gz")
-        for node, field in ((r1_ref, "r1map"), (valid_ref, "valid_mask")):
-            workflow.connect([
-                (t1map_wfs[tp.label], node, [(f"outputnode.{field}", "input_image")]),
-                (xfms, node, [("out", "transforms")]),
-            ])
-
-        uptake = pe.Node(ComputeUptake(agent=dataclasses.asdict(agent)), name=f"uptake_{suffix}",
-                         mem_gb=1.0)
-        workflow.connect([
-            (r1_ref, uptake, [("output_image", "r1_post")]),
-            (valid_ref, uptake, [("output_image", "valid_post")]),
-            (r1_base_ref, uptake, [("output_image", "r1_pre")]),
-            (valid_base_ref, uptake, [("output_image", "valid_pre")]),
-        ])
-
         session_xfm = pe.Node(niu.Merge(1), name=f"session_xfm_{suffix}")
         workflow.connect(tp_reg, "outputnode.transform", session_xfm, "in1")
         t1w_ref = _resample(f"t1w_{suffix}_to_ref", reference=ref_t1w, input_image=str(tp.t1w),
@@ -177,27 +186,6 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
         workflow.connect(session_xfm, "out", t1w_ref, "transforms")
         enhancement = pe.Node(SignalEnhancement(pre=ref_t1w), name=f"enhancement_{suffix}")
         workflow.connect(t1w_ref, "output_image", enhancement, "post")
-
-        sources = [bids_uri(f, bids_dir) for f in [*tp.vfa.files, *base.vfa.files]]
-        map_meta = {"Sources": sources, "SpatialReference": ref_uri,
-                    "BaselineTimepoint": base.label,
-                    "EstimationAlgorithm": "linear DESPOT1 T1 maps, resampled (linear) to the "
-                                           "baseline T1w", "SkullStripped": False}
-        agent_meta = agent.as_metadata()
-        for field, suffix_, extra in (
-            ("delta_r1", "deltaR1map", {}),
-            ("gd_conc", "Gdconc", agent_meta),
-            ("mass_conc", "massconc", {**agent_meta, "MassPerMillimolarGd": agent.mg_per_L_per_mM}),
-        ):
-            ds = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc="vfa",
-                         suffix=suffix_, name=f"ds_{suffix_.lower()}_{suffix}",
-                         metadata={**map_meta, **extra, "Units": UNITS[suffix_]})
-            workflow.connect(uptake, field, ds, "in_file")
-        ds_r1 = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc="vfa",
-                        suffix="R1map", name=f"ds_r1map_ref_{suffix}",
-                        metadata={**vfa_metadata(tp, bids_dir), "Units": "1/s",
-                                  "SpatialReference": ref_uri, "Resampling": "linear"})
-        workflow.connect(r1_ref, "output_image", ds_r1, "in_file")
         ds_se = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc="t1w",
                         suffix="enhancement", name=f"ds_enhancement_{suffix}",
                         metadata={"Sources": [bids_uri(tp.t1w, bids_dir), ref_uri],
@@ -206,50 +194,119 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
                                   "SkullStripped": False})
         workflow.connect(enhancement, "enhancement", ds_se, "in_file")
 
-        if labels_ref is None:
-            continue
-        labels_native = _resample(f"contours_to_{suffix}", reference=str(tp.t1w),
-                                  interpolation="genericLabel", out_name="labels.nii.gz",
-                                  invert=[True])
-        workflow.connect([
-            (labels_ref, labels_native, [("output_image", "input_image")]),
-            (session_xfm, labels_native, [("out", "transforms")]),
-        ])
-        if contour_tp is not None and contour_tp.label == tp.label:
-            # Contours drawn on this timepoint: go to the reference through its inverse
-            # transform (T1w grid → baseline), and cut the lesions out of its own metric mask.
-            workflow.disconnect(prep, "labels", labels_ref, "input_image")
-            labels_ref.inputs.invert = [False]
+        if labels_ref is not None:
+            labels_native = _resample(f"contours_to_{suffix}", reference=str(tp.t1w),
+                                      interpolation="genericLabel", out_name="labels.nii.gz",
+                                      invert=[True])
             workflow.connect([
-                (prep, labels_ref, [("labels", "input_image")]),
-                (session_xfm, labels_ref, [("out", "transforms")]),
+                (labels_ref, labels_native, [("output_image", "input_image")]),
+                (session_xfm, labels_native, [("out", "transforms")]),
             ])
-        table = pe.Node(LesionTable(timepoint=tp.label,
-                                    measurable_threshold_mm=config.measurable_threshold_mm,
-                                    hours_post_injection=tp.hours_post_injection),
-                        name=f"lesion_table_{suffix}")
-        if contours.names_tsv is not None:
-            table.inputs.names_tsv = str(contours.names_tsv)
-        workflow.connect([
-            (labels_ref, table, [("output_image", "labels")]),
-            (uptake, table, [("gd_conc", "gd_conc"), ("mass_conc", "mass_conc"),
-                             ("delta_r1", "delta_r1"), ("t1_pre", "t1_pre"),
-                             ("t1_post", "t1_post")]),
-            (enhancement, table, [("enhancement", "enhancement")]),
-        ])
-        ds_table = ds_node(output_dir=out, plan=plan, timepoint=tp, desc="vfa",
-                           suffix="lesions", extension=".tsv", name=f"ds_lesions_{suffix}")
-        workflow.connect([
-            (table, ds_table, [("out_tsv", "in_file"), ("out_json", "sidecar_file")]),
-        ])
-        for node, space, name in ((labels_ref, ref_label, f"ds_dseg_ref_{suffix}"),
-                                  (labels_native, None, f"ds_dseg_{suffix}")):
-            entities = {"desc": "GTV", "suffix": "dseg"}
-            meta = dict(contour_meta)
-            if space:
-                entities["space"] = space
-                meta["SpatialReference"] = ref_uri
-            ds = ds_node(output_dir=out, plan=plan, timepoint=tp, name=name, metadata=meta,
-                         **entities)
-            workflow.connect(node, "output_image", ds, "in_file")
+            if contour_tp is not None and contour_tp.label == tp.label:
+                # Contours drawn on this timepoint: go to the reference through its inverse
+                # transform (T1w grid → baseline), and cut the lesions out of its own metric
+                # mask.
+                workflow.disconnect(prep, "labels", labels_ref, "input_image")
+                labels_ref.inputs.invert = [False]
+                workflow.connect([
+                    (prep, labels_ref, [("labels", "input_image")]),
+                    (session_xfm, labels_ref, [("out", "transforms")]),
+                ])
+            for node, space, name in ((labels_ref, ref_label, f"ds_dseg_ref_{suffix}"),
+                                      (labels_native, None, f"ds_dseg_{suffix}")):
+                entities = {"desc": "GTV", "suffix": "dseg"}
+                meta = dict(contour_meta)
+                if space:
+                    entities["space"] = space
+                    meta["SpatialReference"] = ref_uri
+                ds = ds_node(output_dir=out, plan=plan, timepoint=tp, name=name, metadata=meta,
+                             **entities)
+                workflow.connect(node, "output_image", ds, "in_file")
+
+        tp_agent, agent_decision = agent_for_timepoint(tp.ceagent, agent, field_strength)
+        LOGGER.info("sub-%s %s: %s", plan.subject, tp.label, agent_decision)
+        for method in plan.methods_for(tp):
+            _connect_uptake(workflow, plan, config, tp, method, agent=tp_agent,
+                            tp_reg=tp_reg, method_reg=method_regs[(tp.label, method)],
+                            t1_wf=t1map_wfs[(tp.label, method)],
+                            r1_base=r1_base_ref[method], valid_base=valid_base_ref[method],
+                            enhancement=enhancement, labels_ref=labels_ref)
     return workflow
+
+
+def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method_reg, t1_wf,
+                    r1_base, valid_base, enhancement, labels_ref):
+    """R1 of ``method`` into the reference, ΔR1 → mM Gd → mg/L, sinks and the lesion table."""
+    out = str(config.output_dir)
+    bids_dir = Path(config.bids_dir)
+    base = plan.baseline
+    ref_t1w, ref_label = str(base.t1w), plan.reference_label
+    ref_uri = bids_uri(base.t1w, bids_dir)
+    name = f"{method}_{tp.node_suffix}"
+
+    # R1 and its validity into reference space: point p ↦ T_method(T_session(p)).
+    xfms = pe.Node(niu.Merge(2), name=f"xfms_{name}")
+    workflow.connect([
+        (tp_reg, xfms, [("outputnode.transform", "in1")]),
+        (method_reg, xfms, [("outputnode.transform", "in2")]),
+    ])
+    r1_ref = _resample(f"r1_{name}_to_ref", reference=ref_t1w, out_name="r1.nii.gz")
+    valid_ref = _resample(f"valid_{name}_to_ref", reference=ref_t1w, out_name="valid.nii.gz")
+    for node, field in ((r1_ref, "r1map"), (valid_ref, "valid_mask")):
+        workflow.connect([
+            (t1_wf, node, [(f"outputnode.{field}", "input_image")]),
+            (xfms, node, [("out", "transforms")]),
+        ])
+
+    uptake = pe.Node(ComputeUptake(agent=dataclasses.asdict(agent)), name=f"uptake_{name}",
+                     mem_gb=1.0)
+    workflow.connect([
+        (r1_ref, uptake, [("output_image", "r1_post")]),
+        (valid_ref, uptake, [("output_image", "valid_post")]),
+        (r1_base, uptake, [("output_image", "r1_pre")]),
+        (valid_base, uptake, [("output_image", "valid_pre")]),
+    ])
+
+    files = tp.vfa.files + base.vfa.files if method == "vfa" else (
+        tp.mp2rage.files + base.mp2rage.files)
+    map_meta = {"Sources": [bids_uri(f, bids_dir) for f in files], "SpatialReference": ref_uri,
+                "BaselineTimepoint": base.label, "T1Method": method,
+                "EstimationAlgorithm": f"{method} T1 maps, resampled (linear) to the baseline "
+                                       "T1w; C = (R1_post - R1_pre) / r1",
+                "SkullStripped": False}
+    agent_meta = agent.as_metadata()
+    for field, suffix_, extra in (
+        ("delta_r1", "deltaR1map", {}),
+        ("gd_conc", "Gdconc", agent_meta),
+        ("mass_conc", "massconc", {**agent_meta, "MassPerMillimolarGd": agent.mg_per_L_per_mM}),
+    ):
+        ds = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc=method,
+                     suffix=suffix_, name=f"ds_{suffix_.lower()}_{name}",
+                     metadata={**map_meta, **extra, "Units": UNITS[suffix_]})
+        workflow.connect(uptake, field, ds, "in_file")
+    ds_r1 = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc=method,
+                    suffix="R1map", name=f"ds_r1map_ref_{name}",
+                    metadata={**t1map_metadata(tp, method, bids_dir, config), "Units": "1/s",
+                              "SpatialReference": ref_uri, "Resampling": "linear"})
+    workflow.connect(r1_ref, "output_image", ds_r1, "in_file")
+
+    if labels_ref is None:
+        return
+    table = pe.Node(LesionTable(timepoint=tp.label, t1_method=method,
+                                measurable_threshold_mm=config.measurable_threshold_mm,
+                                hours_post_injection=tp.hours_post_injection),
+                    name=f"lesion_table_{name}")
+    if plan.contours.names_tsv is not None:
+        table.inputs.names_tsv = str(plan.contours.names_tsv)
+    workflow.connect([
+        (labels_ref, table, [("output_image", "labels")]),
+        (uptake, table, [("gd_conc", "gd_conc"), ("mass_conc", "mass_conc"),
+                         ("delta_r1", "delta_r1"), ("t1_pre", "t1_pre"),
+                         ("t1_post", "t1_post")]),
+        (enhancement, table, [("enhancement", "enhancement")]),
+    ])
+    ds_table = ds_node(output_dir=out, plan=plan, timepoint=tp, desc=method,
+                       suffix="lesions", extension=".tsv", name=f"ds_lesions_{name}")
+    workflow.connect([
+        (table, ds_table, [("out_tsv", "in_file"), ("out_json", "sidecar_file")]),
+    ])

@@ -45,16 +45,58 @@ def source_uris(bids_dir, files) -> list[str]:
     return [bids_uri(f, bids_dir) for f in files if f is not None]
 
 
-def vfa_metadata(timepoint: Timepoint, bids_dir) -> dict:
+VFA_ALGORITHMS = {
+    "linear": "linear DESPOT1 (ordinary least squares on S/sin(a) vs S/tan(a))",
+    "wlls": "weighted linear DESPOT1 (iteratively reweighted least squares)",
+    "nlls": "nonlinear least squares on the SPGR signal equation (M0, T1)",
+}
+
+
+def vfa_metadata(timepoint: Timepoint, bids_dir, fit: str = "linear") -> dict:
     """Sidecar fields of a VFA-derived T1/R1 map."""
     vfa = timepoint.vfa
     sources = source_uris(bids_dir, [*vfa.files, timepoint.b1map])
     return {
         "Sources": sources,
-        "EstimationAlgorithm": "linear DESPOT1 (Deoni et al., MRM 2003) on SPGR signals",
+        "EstimationAlgorithm": VFA_ALGORITHMS[fit],
         "EstimationReference": "Deoni SCL, Rutt BK, Peters TM. Magn Reson Med 2003;49:515-526",
         "FlipAngle": vfa.flip_angles_deg,
         "RepetitionTimeExcitation": vfa.repetition_time_s,
         "B1Correction": timepoint.b1map is not None,
         "SkullStripped": False,
     }
+
+
+def mp2rage_metadata(timepoint: Timepoint, bids_dir, inversion_efficiency=None) -> dict:
+    """Sidecar fields of an MP2RAGE-derived T1/R1 map (every parameter of the look-up)."""
+    from .t1map import mp2rage_protocol
+
+    mp2rage = timepoint.mp2rage
+    protocol = mp2rage_protocol(mp2rage, inversion_efficiency)
+    uni = {"complex": "Re(conj(INV1) INV2) / (|INV1|^2 + |INV2|^2) from magnitude and phase",
+           "unit1": "scanner UNIT1 image, UNI = x / 4095 - 0.5",
+           "magnitude": "magnitude-only INV1/INV2, INV1 sign recovered from a smooth-M0 prior"}
+    return {
+        "Sources": source_uris(bids_dir, [*mp2rage.files, timepoint.b1map]),
+        "EstimationAlgorithm": "look-up of T1 (0.05-5 s, monotonic branch) from the UNI "
+                               "contrast with the MP2RAGE steady-state signal model"
+                               + (", per-voxel B1+" if timepoint.b1map else ""),
+        "EstimationReference": "Marques JP et al. NeuroImage 2010;49:1271-1281",
+        "UNISource": uni[mp2rage.uni_source],
+        "RepetitionTimePreparation": protocol["repetition_time_preparation_s"],
+        "RepetitionTimeExcitation": protocol["repetition_time_excitation_s"],
+        "InversionTime": list(protocol["inversion_times_s"]),
+        "FlipAngle": list(protocol["flip_angles_deg"]),
+        "NumberShots": [protocol["shots_before"], protocol["shots_after"]],
+        "NumberShotsInterpretation": mp2rage.shots_decision,
+        "InversionEfficiency": protocol["inversion_efficiency"],
+        "B1Correction": timepoint.b1map is not None,
+        "SkullStripped": False,
+    }
+
+
+def t1map_metadata(timepoint: Timepoint, method: str, bids_dir, config) -> dict:
+    """Sidecar fields of a T1/R1 map of ``method`` (``"vfa"`` or ``"mp2rage"``)."""
+    if method == "vfa":
+        return vfa_metadata(timepoint, bids_dir, config.vfa_fit)
+    return mp2rage_metadata(timepoint, bids_dir, config.inversion_efficiency)

@@ -5,17 +5,49 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..bids import Timepoint
-from ..interfaces.qmri import FitVFA
+from ..bids import MP2RAGESet, Timepoint
+from ..interfaces.qmri import FitMP2RAGE, FitVFA
+
+#: Inversion efficiency of the Siemens adiabatic inversion pulse (Marques et al. 2010), used
+#: when neither the command line nor the sidecar gives one.
+DEFAULT_INVERSION_EFFICIENCY = 0.96
+
+_OUTPUTS = ["t1map", "r1map", "valid_mask", "reference_image", "b1_decision"]
 
 
-def init_vfa_t1map_wf(timepoint: Timepoint, *, mem_gb: float = 2.0, name: str = "vfa_t1map_wf"):
+def mp2rage_protocol(mp2rage: MP2RAGESet, inversion_efficiency: float | None = None) -> dict:
+    """``MP2RAGEProtocol`` fields of an MP2RAGE set: efficiency from the command line, else the
+    sidecar, else :data:`DEFAULT_INVERSION_EFFICIENCY`."""
+    efficiency = (inversion_efficiency or mp2rage.inversion_efficiency
+                  or DEFAULT_INVERSION_EFFICIENCY)
+    return {
+        "repetition_time_preparation_s": mp2rage.repetition_time_preparation_s,
+        "repetition_time_excitation_s": mp2rage.repetition_time_excitation_s,
+        "inversion_times_s": tuple(mp2rage.inversion_times_s),
+        "flip_angles_deg": tuple(mp2rage.flip_angles_deg),
+        "shots_before": mp2rage.number_shots[0],
+        "shots_after": mp2rage.number_shots[1],
+        "inversion_efficiency": float(efficiency),
+    }
+
+
+def _b1_inputs(node, timepoint: Timepoint) -> None:
+    if timepoint.b1map is not None:
+        node.inputs.b1_map = str(timepoint.b1map)
+        if timepoint.b1_units:
+            node.inputs.b1_units = str(timepoint.b1_units)
+
+
+def init_vfa_t1map_wf(timepoint: Timepoint, *, method: str = "linear", mem_gb: float = 2.0,
+                      name: str = "vfa_t1map_wf"):
     """Fit T1 and R1 from the timepoint's variable-flip-angle images.
 
     Parameters
     ----------
     timepoint : Timepoint
         Provides the VFA files, flip angles (deg), TR (s) and the optional B1+ map.
+    method : {"linear", "wlls", "nlls"}
+        DESPOT1 fit method (``qmri.vfa.fit_vfa``).
     mem_gb : float
         Memory estimate of the fit node (the scheduler uses it).
 
@@ -26,24 +58,63 @@ def init_vfa_t1map_wf(timepoint: Timepoint, *, mem_gb: float = 2.0, name: str = 
     reference_image : highest-flip image (most T1-weighted), used to register VFA → T1w.
     """
     workflow = pe.Workflow(name=name)
-    outputnode = pe.Node(
-        niu.IdentityInterface(fields=["t1map", "r1map", "valid_mask", "reference_image",
-                                      "b1_decision"]),
-        name="outputnode",
-    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=_OUTPUTS), name="outputnode")
     vfa = timepoint.vfa
     fit = pe.Node(
         FitVFA(in_files=[str(f) for f in vfa.files], flip_angles_deg=vfa.flip_angles_deg,
-               repetition_time_s=vfa.repetition_time_s),
+               repetition_time_s=vfa.repetition_time_s, method=method),
         name="fit_vfa", mem_gb=mem_gb,
     )
-    if timepoint.b1map is not None:
-        fit.inputs.b1_map = str(timepoint.b1map)
-        if timepoint.b1_units:
-            fit.inputs.b1_units = str(timepoint.b1_units)
+    _b1_inputs(fit, timepoint)
+    workflow.connect([(fit, outputnode, [(field, field) for field in _OUTPUTS])])
+    return workflow
+
+
+def init_mp2rage_t1map_wf(timepoint: Timepoint, *, inversion_efficiency: float | None = None,
+                          mem_gb: float = 2.0, name: str = "mp2rage_t1map_wf"):
+    """T1 and R1 from the timepoint's MP2RAGE images (look-up on the UNI contrast).
+
+    Parameters
+    ----------
+    timepoint : Timepoint
+        Provides the MP2RAGE images and sequence parameters and the optional B1+ map.
+    inversion_efficiency : float, optional
+        Overrides the sidecar / default inversion efficiency.
+
+    Outputs
+    -------
+    t1map, r1map : T1 (s) and R1 (1/s), 0 where the look-up is invalid.
+    valid_mask : voxels whose UNI lies on the monotonic branch of the look-up table.
+    reference_image : INV2 magnitude (or UNI), used to register MP2RAGE → T1w.
+    """
+    workflow = pe.Workflow(name=name)
+    outputnode = pe.Node(niu.IdentityInterface(fields=[*_OUTPUTS, "uni", "uni_decision"]),
+                         name="outputnode")
+    mp2rage = timepoint.mp2rage
+    fit = pe.Node(FitMP2RAGE(uni_source=mp2rage.uni_source,
+                             protocol=mp2rage_protocol(mp2rage, inversion_efficiency)),
+                  name="fit_mp2rage", mem_gb=mem_gb)
+    for field in ("inv1", "inv2", "inv1_phase", "inv2_phase", "unit1"):
+        path = getattr(mp2rage, field)
+        if path is not None:
+            setattr(fit.inputs, field, str(path))
+    if mp2rage.phase_units:
+        fit.inputs.phase_units = mp2rage.phase_units
+    _b1_inputs(fit, timepoint)
+    outputnode.inputs.reference_image = str(mp2rage.registration_image)
     workflow.connect([
-        (fit, outputnode, [("t1map", "t1map"), ("r1map", "r1map"), ("valid_mask", "valid_mask"),
-                           ("reference_image", "reference_image"),
-                           ("b1_decision", "b1_decision")]),
+        (fit, outputnode, [(field, field) for field in ("t1map", "r1map", "valid_mask", "uni",
+                                                         "b1_decision", "uni_decision")]),
     ])
     return workflow
+
+
+def init_t1map_wf(timepoint: Timepoint, method: str, *, vfa_fit: str = "linear",
+                  inversion_efficiency: float | None = None, name: str):
+    """The T1-mapping workflow of ``method`` (``"vfa"`` or ``"mp2rage"``) for a timepoint."""
+    if method == "vfa":
+        return init_vfa_t1map_wf(timepoint, method=vfa_fit, name=name)
+    if method == "mp2rage":
+        return init_mp2rage_t1map_wf(timepoint, inversion_efficiency=inversion_efficiency,
+                                     name=name)
+    raise ValueError(f"unknown T1 method {method!r}")
