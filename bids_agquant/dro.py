@@ -104,7 +104,7 @@ Tissue values at 3 T (all documented again in ``truth.json``):
   background phase shared by both inversions (``0.7 rad + 2 pi (d . y) / 150 mm``, wrapping,
   scanner-fixed) plus complex Gaussian noise with its own ``sigma = mean WM |INV2| / snr``.
   Written as ``inv-<1|2>_part-<mag|phase>_MP2RAGE`` (phase in radians, or on the Siemens
-  -4096..4095 scale without ``Units``) and the scanner-style ``UNIT1`` =
+  -4096..4095 scale with ``Units`` "arbitrary") and the scanner-style ``UNIT1`` =
   ``round(4095 (UNI + 0.5))`` computed from the noisy complex images. Constant parameters
   are in the top-level ``MP2RAGE.json`` (inherited), FlipAngle/InversionTime per file.
   Each MP2RAGE acquisition has its own small intra-session motion (pose kind ``MP2RAGE``).
@@ -1292,9 +1292,9 @@ def _write_timepoint(ctx: _Context, part: _Participant, rng: np.random.Generator
             _write_json(anat_dir / f"{stem}_inv-{n}_part-mag_MP2RAGE.json", side)
             save(anat_dir / f"{stem}_inv-{n}_part-phase_MP2RAGE.nii.gz",
                  images[f"inv{n}_phase"], affine, phase_dtype)
-            phase_side = dict(side)
-            if part.role.phase_units == "rad":
-                phase_side["Units"] = "rad"
+            # BIDS requires Units on phase images; "arbitrary" leaves the scale to the values.
+            phase_side = {**side, "Units": "rad" if part.role.phase_units == "rad"
+                          else "arbitrary"}
             _write_json(anat_dir / f"{stem}_inv-{n}_part-phase_MP2RAGE.json", phase_side)
         save(anat_dir / f"{stem}_UNIT1.nii.gz", images["unit1"], affine, np.uint16)
         del images

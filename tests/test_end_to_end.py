@@ -22,9 +22,6 @@ from bids_agquant.interfaces.ants import ants_transform_to_ras
 
 pytestmark = pytest.mark.slow
 
-POST_SESSIONS = ("D1", "D8")
-
-
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
@@ -40,17 +37,31 @@ def demo(tmp_path_factory):
 
 
 def _truth_lesions(demo) -> pd.DataFrame:
-    return pd.read_csv(demo["truth"] / "lesions.tsv", sep="\t")
+    return pd.read_csv(demo["truth"] / "lesions.tsv", sep="\t", na_values=["n/a"])
 
 
 def _participants(demo) -> pd.DataFrame:
     return pd.read_csv(demo["bids"] / "participants.tsv", sep="\t", na_values=["n/a"])
 
 
-def _estimated(demo, participant_id: str, session: str) -> pd.DataFrame:
-    sub = participant_id.removeprefix("sub-")
-    path = (demo["out"] / participant_id / f"ses-{session}" / "anat"
-            / f"sub-{sub}_ses-{session}_desc-vfa_lesions.tsv")
+def _detail(demo, pid: str) -> dict:
+    truth = json.loads((demo["truth"] / "truth.json").read_text())
+    return truth["participants_detail"][pid]
+
+
+def _posts(demo, pid: str) -> list[tuple[str, str]]:
+    """(timepoint key, BIDS label) of every post-agent timepoint of a participant."""
+    return [(key, label) for key, label in _detail(demo, pid)["timepoints"].items()
+            if key != "D0"]
+
+
+def _anat(demo, pid: str, label: str) -> Path:
+    session = label.split("_")[0]
+    return demo["out"] / pid / session / "anat"
+
+
+def _estimated(demo, pid: str, label: str, method: str = "vfa") -> pd.DataFrame:
+    path = _anat(demo, pid, label) / f"{pid}_{label}_desc-{method}_lesions.tsv"
     return pd.read_csv(path, sep="\t", na_values=["n/a"])
 
 
@@ -60,87 +71,116 @@ def test_every_output_named_per_design(demo):
                  "group_lesions.tsv", "group_participants.tsv"):
         assert (out / name).is_file(), name
     for pid in _participants(demo)["participant_id"]:
-        sub = pid.removeprefix("sub-")
+        methods = _detail(demo, pid)["t1_methods"]
         base = out / pid / "ses-D0" / "anat"
-        for name in (f"sub-{sub}_ses-D0_desc-vfa_T1map.nii.gz",
-                     f"sub-{sub}_ses-D0_desc-vfa_R1map.nii.gz",
-                     f"sub-{sub}_ses-D0_space-D0_desc-vfa_R1map.nii.gz",
-                     f"sub-{sub}_ses-D0_desc-GTV_dseg.nii.gz"):
-            assert (base / name).is_file(), name
-        for ses in POST_SESSIONS:
-            anat = out / pid / f"ses-{ses}" / "anat"
-            stem = f"sub-{sub}_ses-{ses}"
+        assert (base / f"{pid}_ses-D0_desc-GTV_dseg.nii.gz").is_file()
+        for method in methods:
+            for name in (f"{pid}_ses-D0_desc-{method}_T1map.nii.gz",
+                         f"{pid}_ses-D0_desc-{method}_R1map.nii.gz",
+                         f"{pid}_ses-D0_space-D0_desc-{method}_R1map.nii.gz"):
+                assert (base / name).is_file(), name
+        for _key, label in _posts(demo, pid):
+            anat = _anat(demo, pid, label)
+            stem = f"{pid}_{label}"
             expected = [
-                f"{stem}_desc-vfa_T1map.nii.gz", f"{stem}_desc-vfa_R1map.nii.gz",
-                f"{stem}_space-D0_desc-vfa_R1map.nii.gz",
-                f"{stem}_space-D0_desc-vfa_deltaR1map.nii.gz",
-                f"{stem}_space-D0_desc-vfa_Gdconc.nii.gz",
-                f"{stem}_space-D0_desc-vfa_massconc.nii.gz",
                 f"{stem}_space-D0_desc-t1w_enhancement.nii.gz",
                 f"{stem}_space-D0_desc-GTV_dseg.nii.gz", f"{stem}_desc-GTV_dseg.nii.gz",
                 f"{stem}_from-orig_to-D0_mode-image_xfm.mat",
-                f"{stem}_desc-vfa_lesions.tsv", f"{stem}_desc-vfa_lesions.json",
             ]
+            for method in methods:
+                expected += [
+                    f"{stem}_desc-{method}_T1map.nii.gz", f"{stem}_desc-{method}_R1map.nii.gz",
+                    f"{stem}_space-D0_desc-{method}_R1map.nii.gz",
+                    f"{stem}_space-D0_desc-{method}_deltaR1map.nii.gz",
+                    f"{stem}_space-D0_desc-{method}_Gdconc.nii.gz",
+                    f"{stem}_space-D0_desc-{method}_massconc.nii.gz",
+                    f"{stem}_desc-{method}_lesions.tsv", f"{stem}_desc-{method}_lesions.json",
+                ]
             for name in expected:
                 assert (anat / name).is_file(), name
-            for nii in anat.glob("*.nii.gz"):
+            for nii in anat.glob(f"{stem}_*.nii.gz"):
                 sidecar = json.loads(Path(str(nii).replace(".nii.gz", ".json")).read_text())
                 assert sidecar["Sources"], nii.name
                 if "_dseg" not in nii.name:
                     assert "Units" in sidecar, nii.name
-            gd_meta = json.loads((anat / f"{stem}_space-D0_desc-vfa_Gdconc.json").read_text())
-            assert gd_meta["Units"] == "mmol/L"
-            assert gd_meta["Relaxivity"] == pytest.approx(8.9)
-            assert gd_meta["SpatialReference"].endswith(f"sub-{sub}_ses-D0_T1w.nii.gz")
+            for method in methods:
+                gd_meta = json.loads(
+                    (anat / f"{stem}_space-D0_desc-{method}_Gdconc.json").read_text())
+                assert gd_meta["Units"] == "mmol/L"
+                assert gd_meta["Relaxivity"] == pytest.approx(8.9)
+                assert gd_meta["T1Method"] == method
+                assert gd_meta["SpatialReference"].endswith(f"{pid}_ses-D0_T1w.nii.gz")
+
+
+def test_mp2rage_maps_record_every_lookup_parameter(demo):
+    meta = json.loads((demo["out"] / "sub-01" / "ses-D1" / "anat"
+                       / "sub-01_ses-D1_desc-mp2rage_T1map.json").read_text())
+    assert meta["NumberShots"] == [44, 88]
+    assert meta["InversionTime"] == [0.7, 2.5]
+    assert meta["FlipAngle"] == [4.0, 5.0]
+    assert meta["InversionEfficiency"] == 0.96
+    assert meta["B1Correction"] is True
+    assert "complex" in meta["UNISource"] or "magnitude and phase" in meta["UNISource"]
+    assert meta["Units"] == "s"
 
 
 def test_lesion_table_columns(demo):
-    table = _estimated(demo, "sub-01", "D1")
-    required = ["lesion_id", "timepoint", "volume_ml", "n_voxels", "equiv_diameter_mm",
-                "longest_diameter_mm", "measurable", "gd_mM_mean", "gd_mM_sd", "gd_mM_median",
-                "gd_mM_p25", "gd_mM_p75", "mass_mg_per_L_mean", "deltaR1_mean",
-                "t1_baseline_s_mean", "t1_post_s_mean", "se_percent_mean", "negative_fraction"]
+    table = _estimated(demo, "sub-01", "ses-D1")
+    required = ["lesion_id", "timepoint", "t1_method", "volume_ml", "n_voxels",
+                "equiv_diameter_mm", "longest_diameter_mm", "measurable", "gd_mM_mean",
+                "gd_mM_sd", "gd_mM_median", "gd_mM_p25", "gd_mM_p75", "mass_mg_per_L_mean",
+                "deltaR1_mean", "t1_baseline_s_mean", "t1_post_s_mean", "se_percent_mean",
+                "negative_fraction"]
     assert not set(required) - set(table.columns)
     dictionary = json.loads((demo["out"] / "sub-01" / "ses-D1" / "anat"
                              / "sub-01_ses-D1_desc-vfa_lesions.json").read_text())
     assert dictionary["gd_mM_mean"]["Units"] == "mmol/L"
     # Lesion identity is the contour label: the same ids at D1 and D8.
-    assert list(table["lesion_id"]) == list(_estimated(demo, "sub-01", "D8")["lesion_id"])
+    assert list(table["lesion_id"]) == list(_estimated(demo, "sub-01", "ses-D8")["lesion_id"])
 
 
-def test_d1_gd_within_tolerance_of_truth(demo):
+def test_two_hour_gd_within_tolerance_of_truth_for_every_method(demo):
+    """Measurable lesions at 2 h (D1, and the same-session post of sub-02), VFA and MP2RAGE:
+    within max(0.005 mM, 10 %) of the true GTV mean."""
     truth = _truth_lesions(demo)
     participants = _participants(demo)
     treated = participants[participants["agent"].str.lower() != "placebo"]["participant_id"]
-    checked = 0
+    checked = {"vfa": 0, "mp2rage": 0}
     for pid in treated:
-        est = _estimated(demo, pid, "D1").set_index("lesion_id")
-        rows = truth[(truth["participant_id"] == pid) & (truth["session"] == "D1")]
-        for _, row in rows.iterrows():
-            if row["longest_diameter_mm"] < 10.0:
+        for key, label in _posts(demo, pid):
+            if key == "D8":
                 continue
-            estimate = est.loc[int(row["lesion_id"]), "gd_mM_mean"]
-            tolerance = max(0.005, 0.10 * abs(row["gd_mM_mean"]))
-            assert abs(estimate - row["gd_mM_mean"]) <= tolerance, (
-                pid, int(row["lesion_id"]), estimate, row["gd_mM_mean"])
-            checked += 1
-    assert checked >= 2 * len(treated)
+            rows = truth[(truth["participant_id"] == pid) & (truth["timepoint"] == label)]
+            for method in _detail(demo, pid)["t1_methods"]:
+                est = _estimated(demo, pid, label, method).set_index("lesion_id")
+                for _, row in rows.iterrows():
+                    if row["longest_diameter_mm"] < 10.0:
+                        continue
+                    estimate = est.loc[int(row["lesion_id"]), "gd_mM_mean"]
+                    tolerance = max(0.005, 0.10 * abs(row["gd_mM_mean"]))
+                    assert abs(estimate - row["gd_mM_mean"]) <= tolerance, (
+                        pid, label, method, int(row["lesion_id"]), estimate, row["gd_mM_mean"])
+                    checked[method] += 1
+    assert checked["vfa"] >= 2 and checked["mp2rage"] >= 4, checked
 
 
 def test_placebo_mean_near_zero(demo):
     participants = _participants(demo)
     placebo = participants[participants["agent"].str.lower() == "placebo"]["participant_id"]
     assert len(placebo) == 1
-    for ses in POST_SESSIONS:
-        est = _estimated(demo, placebo.iloc[0], ses)
+    pid = placebo.iloc[0]
+    for _key, label in _posts(demo, pid):
+        est = _estimated(demo, pid, label)
         assert (est["gd_mM_mean"].abs() < 0.003).all(), est[["lesion_id", "gd_mM_mean"]]
 
 
 def test_measurable_flag_and_size_match_truth(demo):
     truth = _truth_lesions(demo)
     for pid in _participants(demo)["participant_id"]:
-        est = _estimated(demo, pid, "D1").set_index("lesion_id")
-        rows = truth[(truth["participant_id"] == pid) & (truth["session"] == "D1")]
+        _key, label = _posts(demo, pid)[0]
+        method = _detail(demo, pid)["t1_methods"][0]
+        est = _estimated(demo, pid, label, method).set_index("lesion_id")
+        rows = truth[(truth["participant_id"] == pid) & (truth["timepoint"] == label)]
         for _, row in rows.iterrows():
             lesion = est.loc[int(row["lesion_id"])]
             voxel_mm = 2.0
@@ -156,18 +196,21 @@ def _brain_points(demo, pid) -> np.ndarray:
 
 def test_registration_matches_true_motion(demo):
     transforms = json.loads((demo["truth"] / "transforms.json").read_text())
-    out = demo["out"]
     for pid in _participants(demo)["participant_id"]:
-        sub = pid.removeprefix("sub-")
         points = _brain_points(demo, pid)
-        for ses in ("D0", *POST_SESSIONS):
-            anat = out / pid / f"ses-{ses}" / "anat"
-            pose_t1w = np.array(transforms[pid][ses]["T1w"])
-            pose_vfa = np.array(transforms[pid][ses]["VFA"])
-            checks = [(anat / f"sub-{sub}_ses-{ses}_from-VFA_to-T1w_mode-image_xfm.mat",
-                       pose_vfa @ np.linalg.inv(pose_t1w), pose_t1w)]
-            if ses != "D0":
-                checks.append((anat / f"sub-{sub}_ses-{ses}_from-orig_to-D0_mode-image_xfm.mat",
+        kinds = {"vfa": "VFA", "mp2rage": "MP2RAGE"}
+        timepoints = _detail(demo, pid)["timepoints"]
+        for key, label in timepoints.items():
+            anat = _anat(demo, pid, label)
+            pose_t1w = np.array(transforms[pid][key]["T1w"])
+            checks = []
+            for method in _detail(demo, pid)["t1_methods"]:
+                kind = kinds[method]
+                pose = np.array(transforms[pid][key][kind])
+                checks.append((anat / f"{pid}_{label}_from-{kind}_to-T1w_mode-image_xfm.mat",
+                               pose @ np.linalg.inv(pose_t1w), pose_t1w))
+            if key != "D0":
+                checks.append((anat / f"{pid}_{label}_from-orig_to-D0_mode-image_xfm.mat",
                                pose_t1w, np.eye(4)))
             for xfm, truth, fixed_pose in checks:
                 # Evaluate over the brain as it sits in the fixed image of that registration.
@@ -194,7 +237,11 @@ def test_group_table_gathers_every_participant(demo):
     group = pd.read_csv(demo["out"] / "group_lesions.tsv", sep="\t")
     truth = _truth_lesions(demo)
     assert set(group["participant_id"]) == set(_participants(demo)["participant_id"])
-    assert len(group) == len(truth[truth["session"] != "D0"])
+    expected = sum(len(truth[(truth["participant_id"] == pid) & (truth["timepoint"] != "ses-D0")])
+                   * len(_detail(demo, pid)["t1_methods"])
+                   for pid in _participants(demo)["participant_id"])
+    assert len(group) == expected
+    assert set(group["t1_method"]) == {"vfa", "mp2rage"}
 
 
 def _snapshot(root: Path) -> dict:

@@ -40,7 +40,7 @@ def test_same_session_pre_post_plan(dro2mm, tmp_path):
     assert [tp.label for tp in plan.posts] == ["ses-D0_ce-AGuIX"]
     assert plan.posts[0].hours_post_injection == 2.0
     assert plan.baseline.mp2rage.uni_source == "complex"
-    assert plan.baseline.mp2rage.phase_units is None  # Siemens integer phase, detected
+    assert plan.baseline.mp2rage.phase_units == "arbitrary"  # Siemens integer scale
     names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
     assert {"mp2rage_t1map_D0_wf.fit_mp2rage", "mp2rage_t1map_D0ceAGuIX_wf.fit_mp2rage",
             "reg_D0ceAGuIX_to_ref_wf.register", "uptake_mp2rage_D0ceAGuIX",

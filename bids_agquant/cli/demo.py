@@ -14,17 +14,19 @@ def _print_comparison(group_tsv: Path, truth_tsv: Path) -> None:
     import pandas as pd
 
     est = pd.read_csv(group_tsv, sep="\t", na_values=["n/a"])
-    truth = pd.read_csv(truth_tsv, sep="\t")
-    truth["timepoint"] = "ses-" + truth["session"]
+    truth = pd.read_csv(truth_tsv, sep="\t", na_values=["n/a"])
     both = est.merge(truth, on=["participant_id", "timepoint", "lesion_id"],
                      suffixes=("", "_true"))
+    if "t1_method" not in both:
+        both["t1_method"] = "vfa"
     print("\nmean Gd per lesion, estimated vs truth (mM):")
-    print(f"  {'participant':<12}{'timepoint':<10}{'lesion':>6}{'LD mm':>8}{'true':>9}"
-          f"{'estimated':>11}{'error':>9}")
+    print(f"  {'participant':<12}{'timepoint':<18}{'T1':<9}{'lesion':>6}{'LD mm':>8}"
+          f"{'true':>9}{'estimated':>11}{'error':>9}")
     for _, row in both.iterrows():
-        print(f"  {row['participant_id']:<12}{row['timepoint']:<10}{int(row['lesion_id']):>6}"
-              f"{row['longest_diameter_mm']:>8.1f}{row['gd_mM_mean_true']:>9.4f}"
-              f"{row['gd_mM_mean']:>11.4f}{row['gd_mM_mean'] - row['gd_mM_mean_true']:>+9.4f}")
+        print(f"  {row['participant_id']:<12}{row['timepoint']:<18}{row['t1_method']:<9}"
+              f"{int(row['lesion_id']):>6}{row['longest_diameter_mm']:>8.1f}"
+              f"{row['gd_mM_mean_true']:>9.4f}{row['gd_mM_mean']:>11.4f}"
+              f"{row['gd_mM_mean'] - row['gd_mM_mean_true']:>+9.4f}")
 
 
 def main(argv=None) -> int:

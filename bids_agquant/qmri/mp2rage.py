@@ -389,18 +389,27 @@ def mp2rage_signals(
         def relax(gap: float) -> tuple:
             return np.exp(-gap * r1), -np.expm1(-gap * r1)
 
-        def train(n: int, alpha: float) -> tuple:
+        def trains(alpha: float) -> tuple[tuple, tuple]:
+            """Affine maps of the ``n_b`` and ``n_a`` [pulse, relax tau] steps at ``alpha``."""
             cos_a = np.cos(b1_a * alpha)
-            q = cos_a * e_tau
-            # 1 - q = (1 - E) + E (1 - cos) written without cancellation
+            # 1 - q = (1 - E) + E (1 - cos), written without cancellation
             one_minus_q = one_minus_e_tau + e_tau * (2.0 * np.sin(0.5 * b1_a * alpha) ** 2)
-            q_n = q**n
-            return q_n, one_minus_e_tau * (1.0 - q_n) / one_minus_q
+            if np.all(cos_a > 0):
+                # q^n = exp(n log q), cheaper than a float power
+                log_q = np.log(cos_a) - tau * r1
+                q_nb, q_na = np.exp(n_b * log_q), np.exp(n_a * log_q)
+            else:
+                q = cos_a * e_tau
+                q_nb, q_na = q**n_b, q**n_a
+            scale = one_minus_e_tau / one_minus_q
+            return (q_nb, scale * (1.0 - q_nb)), (q_na, scale * (1.0 - q_na))
 
+        before1, after1 = trains(alpha1)
+        before2, after2 = trains(alpha2)
         inversion = (-p.inversion_efficiency, 0.0)
-        to_ti1 = _compose(_compose(inversion, relax(gaps[0])), train(n_b, alpha1))
-        ti1_to_ti2 = _compose(_compose(train(n_a, alpha1), relax(gaps[1])), train(n_b, alpha2))
-        ti2_to_end = _compose(train(n_a, alpha2), relax(gaps[2]))
+        to_ti1 = _compose(_compose(inversion, relax(gaps[0])), before1)
+        ti1_to_ti2 = _compose(_compose(after1, relax(gaps[1])), before2)
+        ti2_to_end = _compose(after2, relax(gaps[2]))
         a_cyc, b_cyc = _compose(_compose(to_ti1, ti1_to_ti2), ti2_to_end)
         m_start = b_cyc / (1.0 - a_cyc)
         mz1 = to_ti1[0] * m_start + to_ti1[1]
