@@ -81,16 +81,27 @@ def test_output_inside_input_is_refused(dro2mm, tmp_path):
     assert not (bids / "out").exists()
 
 
-def test_missing_vfa_names_the_folder_and_exits_66(dro2mm, tmp_path, caplog):
+def test_missing_t1_mapping_images_names_the_folder_and_exits_66(dro2mm, tmp_path, caplog):
     bids = _copy_raw(dro2mm, tmp_path)
-    for f in (bids / "sub-01" / "ses-D0" / "anat").glob("*_VFA.*"):
+    for f in (bids / "sub-03" / "ses-D0" / "anat").glob("*_VFA.*"):  # sub-03: VFA only
         f.unlink()
     out = tmp_path / "out"
-    code = main([str(bids), str(out), "participant", "--participant-label", "01",
+    code = main([str(bids), str(out), "participant", "--participant-label", "03",
                  "--skip-bids-validation", "-w", str(tmp_path / "work")])
     assert code == 66
-    assert "sub-01/ses-D0/anat" in caplog.text and "VFA" in caplog.text
+    assert "sub-03/ses-D0/anat" in caplog.text and "VFA" in caplog.text
+    assert "MP2RAGE" in caplog.text
     assert not out.exists()  # nothing half-written
+
+
+def test_method_missing_at_baseline_is_dropped_with_a_warning(dro2mm, tmp_path, caplog):
+    bids = _copy_raw(dro2mm, tmp_path)
+    for f in (bids / "sub-01" / "ses-D0" / "anat").glob("*_VFA.*"):  # MP2RAGE remains
+        f.unlink()
+    plan = collect_plan(load_layout(bids), "01", contours_dir=bids / "derivatives" / "contours")
+    assert plan.baseline.methods == ["mp2rage"]
+    assert [plan.methods_for(tp) for tp in plan.posts] == [["mp2rage"], ["mp2rage"]]
+    assert "vfa images have no baseline counterpart" in caplog.text
 
 
 def test_missing_sidecar_key_names_file_and_key(dro2mm, tmp_path, caplog):
