@@ -116,7 +116,7 @@ def test_mp2rage_maps_record_every_lookup_parameter(demo):
     meta = json.loads((demo["out"] / "sub-01" / "ses-D1" / "anat"
                        / "sub-01_ses-D1_desc-mp2rage_T1map.json").read_text())
     assert meta["NumberShots"] == [44, 88]
-    assert meta["InversionTime"] == [0.7, 2.5]
+    assert meta["InversionTimes"] == [0.7, 2.5]
     assert meta["FlipAngle"] == [4.0, 5.0]
     assert meta["InversionEfficiency"] == 0.96
     assert meta["B1Correction"] is True

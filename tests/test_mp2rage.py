@@ -396,9 +396,27 @@ def test_outside_branch_is_invalid_not_clamped():
     inside = fit_t1_mp2rage(_uni(np.array([4.9, 0.18]), P7T), P7T)
     assert inside.valid.all()
     np.testing.assert_allclose(inside.t1_s, [4.9, 0.18], rtol=2e-3)
-    # 3 T: below the UNI maximum (T1 < 0.105 s) UNI is double-valued; T1 = 0.06 s maps onto
-    # the branch (a different T1), which is why the maximum is reported
-    assert monotonic_branch(P3T).t1_short_s == pytest.approx(0.105, abs=0.003)
+    # 3 T: below the UNI maximum (T1 < 0.105 s) UNI is double-valued; T1 = 0.06 s has the
+    # UNI of a T1 on the branch, which is what the lookup returns (physically ambiguous)
+    short = monotonic_branch(P3T)
+    assert short.t1_short_s == pytest.approx(0.105, abs=0.003)
+    twin = fit_t1_mp2rage(_uni(np.array([0.06]), P3T), P3T)
+    assert twin.valid[0] and twin.t1_s[0] > short.t1_short_s
+
+
+@pytest.mark.parametrize("b1", [0.8, 0.9, 1.0, 1.17])
+def test_monotonic_branch_matches_fine_grid(b1):
+    t1 = np.geomspace(0.05, 5.0, 200001)
+    uni = _uni(t1, P3T, b1)
+    i_max, i_min = np.argmax(uni), np.argmin(uni)
+    branch = monotonic_branch(P3T, b1)
+    assert branch.t1_short_s == pytest.approx(t1[i_max], rel=1e-3)
+    assert branch.t1_long_s == pytest.approx(t1[i_min], rel=1e-3)
+    assert branch.uni_max == pytest.approx(uni[i_max], abs=1e-9)
+    assert branch.uni_min == pytest.approx(uni[i_min], abs=1e-9)
+    assert np.all(np.diff(uni[i_max : i_min + 1]) < 0)
+    with pytest.raises(ValueError, match="b1"):
+        monotonic_branch(P3T, 0.0)
 
 
 def test_shapes_masks_and_invalid_inputs():
@@ -419,9 +437,19 @@ def test_shapes_masks_and_invalid_inputs():
     assert np.all(np.isfinite(fit.t1_s)) and np.all(fit.t1_s[v] > 0)
     assert np.all(fit.t1_s[~v] == 0) and np.all(fit.r1_per_s[~v] == 0)
     np.testing.assert_allclose(fit.t1_s[v], t1[v], rtol=5e-4)
-    # chunking does not change the result
+    # chunking and memory layout (nibabel arrays are Fortran-ordered) do not change the result
     again = fit_t1_mp2rage(uni, P3T, b1=b1, mask=mask)
     np.testing.assert_array_equal(again.t1_s, fit.t1_s)
+    fortran = fit_t1_mp2rage(np.asfortranarray(uni), P3T, b1=np.asfortranarray(b1), mask=mask)
+    np.testing.assert_array_equal(fortran.t1_s, fit.t1_s)
+    np.testing.assert_array_equal(fortran.valid, fit.valid)
+    assert fortran.t1_s.flags.f_contiguous
+    mixed = fit_t1_mp2rage(uni, P3T, b1=np.asfortranarray(b1), mask=np.asfortranarray(mask))
+    np.testing.assert_array_equal(mixed.t1_s, fit.t1_s)
+    s1, s2 = mp2rage_signals(t1, P3T, b1)
+    np.testing.assert_array_equal(
+        uni_from_signals(np.asfortranarray(s1), s2), uni_from_signals(s1, s2)
+    )
     # 1-D input, no b1, no mask
     t1_line = np.linspace(0.3, 3.0, 11)
     line = fit_t1_mp2rage(_uni(t1_line, P3T), P3T)

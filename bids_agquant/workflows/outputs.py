@@ -85,7 +85,8 @@ def mp2rage_metadata(timepoint: Timepoint, bids_dir, inversion_efficiency=None) 
         "UNISource": uni[mp2rage.uni_source],
         "RepetitionTimePreparation": protocol["repetition_time_preparation_s"],
         "RepetitionTimeExcitation": protocol["repetition_time_excitation_s"],
-        "InversionTime": list(protocol["inversion_times_s"]),
+        # BIDS InversionTime is a single number: the pair goes in a key of our own.
+        "InversionTimes": list(protocol["inversion_times_s"]),
         "FlipAngle": list(protocol["flip_angles_deg"]),
         "NumberShots": [protocol["shots_before"], protocol["shots_after"]],
         "NumberShotsInterpretation": mp2rage.shots_decision,

@@ -7,10 +7,7 @@ from nipype.pipeline import engine as pe
 
 from ..bids import MP2RAGESet, Timepoint
 from ..interfaces.qmri import FitMP2RAGE, FitVFA
-
-#: Inversion efficiency of the Siemens adiabatic inversion pulse (Marques et al. 2010), used
-#: when neither the command line nor the sidecar gives one.
-DEFAULT_INVERSION_EFFICIENCY = 0.96
+from ..qmri.mp2rage import DEFAULT_INVERSION_EFFICIENCY
 
 _OUTPUTS = ["t1map", "r1map", "valid_mask", "reference_image", "b1_decision"]
 
