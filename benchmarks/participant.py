@@ -1,4 +1,5 @@
-"""Benchmark: one reference participant (3 sessions) through the participant level.
+"""Benchmark: one reference participant (3 sessions, VFA and MP2RAGE) through the participant
+level.
 
 Runs ``bids-agquant`` as a subprocess on a freshly written reference dataset at 1 mm and at
 2 mm, samples the resident memory of the whole process tree (Nipype workers included) every
@@ -23,6 +24,7 @@ from pathlib import Path
 
 STAGES = {
     "fit_vfa": "VFA T1 fit",
+    "fit_mp2rage": "MP2RAGE T1 fit",
     "register": "registration",
     "_to_ref": "resampling",
     "contours_to": "resampling",

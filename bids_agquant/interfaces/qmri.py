@@ -90,6 +90,13 @@ def _b1_on_grid(b1_map: str, units: str | None, reference: nb.Nifti1Image):
     return b1, decision
 
 
+def _save_t1_fit(results: dict, fit, like: nb.Nifti1Image, cwd: str) -> None:
+    """T1 (s), R1 (1/s) and validity maps of a fit into ``cwd``, recorded in ``results``."""
+    results["t1map"] = _save(fit.t1_s, like, os.path.join(cwd, "T1map.nii.gz"))
+    results["r1map"] = _save(fit.r1_per_s, like, os.path.join(cwd, "R1map.nii.gz"))
+    results["valid_mask"] = _save(fit.valid, like, os.path.join(cwd, "valid.nii.gz"), np.uint8)
+
+
 def _same_grid(files, images):
     ref = images[0]
     for f, img in zip(files, images, strict=True):
@@ -126,10 +133,7 @@ class FitVFA(SimpleInterface):
         fit = fit_vfa(signals, self.inputs.flip_angles_deg, self.inputs.repetition_time_s,
                       b1=b1, mask=mask, method=self.inputs.method)
         cwd = runtime.cwd
-        self._results["t1map"] = _save(fit.t1_s, ref, os.path.join(cwd, "T1map.nii.gz"))
-        self._results["r1map"] = _save(fit.r1_per_s, ref, os.path.join(cwd, "R1map.nii.gz"))
-        self._results["valid_mask"] = _save(fit.valid, ref, os.path.join(cwd, "valid.nii.gz"),
-                                            np.uint8)
+        _save_t1_fit(self._results, fit, ref, cwd)
         self._results["reference_image"] = _save(signals[..., -1], ref,
                                                  os.path.join(cwd, "vfa_reference.nii.gz"))
         self._results["b1_decision"] = decision
@@ -206,10 +210,7 @@ class FitMP2RAGE(SimpleInterface):
         LOGGER.info("%s", uni_decision)
         fit = mp.fit_t1_mp2rage(uni, protocol, b1=b1, mask=mask)
         cwd = runtime.cwd
-        self._results["t1map"] = _save(fit.t1_s, ref, os.path.join(cwd, "T1map.nii.gz"))
-        self._results["r1map"] = _save(fit.r1_per_s, ref, os.path.join(cwd, "R1map.nii.gz"))
-        self._results["valid_mask"] = _save(fit.valid, ref, os.path.join(cwd, "valid.nii.gz"),
-                                            np.uint8)
+        _save_t1_fit(self._results, fit, ref, cwd)
         self._results["uni"] = _save(uni, ref, os.path.join(cwd, "UNI.nii.gz"))
         self._results["b1_decision"] = b1_decision
         self._results["uni_decision"] = uni_decision
