@@ -150,15 +150,18 @@ def agent_for_timepoint(ceagent: str | None, main: AgentParameters,
     A ``ce-<label>`` that names a preset of another substance than the participant's agent
     (``ce-gadoterate`` images in a NanoRad AGuIX trial) uses that preset. A label naming the
     participant's own substance, or no preset, keeps the participant's agent, with its
-    command-line overrides (``ce-AGuIX`` with ``--agent aguix-mp2rage`` stays r1 6.7).
+    command-line overrides (``ce-AGuIX`` with ``--agent aguix-mp2rage`` stays r1 6.7), and
+    constants given without a preset (``--r1`` alone) are always kept.
     """
     if not ceagent:
         return main, f"participant agent {main.name}"
+    if not main.substance:  # constants given on the command line without a preset
+        return main, f"ce-{ceagent}: user-supplied constants ({main.name}) kept"
     try:
         preset = resolve_agent(ceagent, field_strength_T=field_strength_T)
     except ValueError:
         return main, f"ce-{ceagent} names no preset: participant agent {main.name}"
-    if preset.substance == (main.substance or main.name):
+    if preset.substance == main.substance:
         return main, f"ce-{ceagent} is the participant's agent ({main.name})"
     return preset, f"ce-{ceagent} names the {preset.name} preset"
 

@@ -186,3 +186,6 @@ def test_agent_for_timepoint():
     assert agent is mp2rage  # the participant's own substance keeps its overrides
     agent, why = agent_for_timepoint("contrast", nanorad, 3.0)
     assert agent is nanorad and "no preset" in why
+    custom = resolve_agent(None, r1=7.3)
+    agent, why = agent_for_timepoint("gadoterate", custom, 3.0)
+    assert agent is custom and "user-supplied" in why
