@@ -28,6 +28,10 @@ from .t1map import init_t1map_wf
 
 LOGGER = logging.getLogger("bids_agquant")
 
+#: How R1 maps reach the reference grid (recorded in the sidecars).
+RESAMPLING_R1 = ("ANTs lanczosWindowedSinc; invalid voxels filled from the nearest valid one "
+                 "before, and set to 0 after")
+
 #: ``from-`` label of each T1 method's images in the method → T1w transform names.
 METHOD_KIND = {"vfa": "VFA", "mp2rage": "MP2RAGE"}
 
@@ -52,6 +56,13 @@ def init_bids_agquant_wf(config: RunConfig, plans: list[ParticipantPlan],
 def _resample(name, *, reference, interpolation="linear", out_name="resampled.nii.gz", **kw):
     return pe.Node(ApplyTransforms(reference_image=str(reference), interpolation=interpolation,
                                    out_name=out_name, **kw), name=name, mem_gb=1.0)
+
+
+def _resample_map(name, *, reference):
+    """R1 into the reference grid: windowed sinc, invalid voxels filled first, then zeroed
+    (see :class:`~bids_agquant.interfaces.ants.ApplyTransforms`)."""
+    return _resample(name, reference=reference, interpolation="lanczosWindowedSinc",
+                     out_name="r1.nii.gz")
 
 
 def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentParameters):
@@ -123,7 +134,7 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
         key = (base.label, method)
         base_xfm = pe.Node(niu.Merge(1), name=f"base_{method}_xfm")
         workflow.connect(method_regs[key], "outputnode.transform", base_xfm, "in1")
-        r1_node = _resample(f"r1_{method}_base_to_ref", reference=ref_t1w, out_name="r1.nii.gz")
+        r1_node = _resample_map(f"r1_{method}_base_to_ref", reference=ref_t1w)
         valid_node = _resample(f"valid_{method}_base_to_ref", reference=ref_t1w,
                                out_name="valid.nii.gz")
         for node, field in ((r1_node, "r1map"), (valid_node, "valid_mask")):
@@ -131,12 +142,13 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
                 (t1map_wfs[key], node, [(f"outputnode.{field}", "input_image")]),
                 (base_xfm, node, [("out", "transforms")]),
             ])
+        workflow.connect(t1map_wfs[key], "outputnode.valid_mask", r1_node, "valid_mask")
         r1_base_ref[method], valid_base_ref[method] = r1_node, valid_node
         ds_r1_base = ds_node(output_dir=out, plan=plan, timepoint=base, space=ref_label,
                              desc=method, suffix="R1map", name=f"ds_r1map_ref_{method}_baseline",
                              metadata={**t1map_metadata(base, method, bids_dir, config),
                                        "Units": "1/s", "SpatialReference": ref_uri,
-                                       "Resampling": "linear"})
+                                       "Resampling": RESAMPLING_R1})
         workflow.connect(r1_node, "output_image", ds_r1_base, "in_file")
 
     # ---------------------------------------------------------------- contours → reference
@@ -250,13 +262,14 @@ def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method
         (tp_reg, xfms, [("outputnode.transform", "in1")]),
         (method_reg, xfms, [("outputnode.transform", "in2")]),
     ])
-    r1_ref = _resample(f"r1_{name}_to_ref", reference=ref_t1w, out_name="r1.nii.gz")
+    r1_ref = _resample_map(f"r1_{name}_to_ref", reference=ref_t1w)
     valid_ref = _resample(f"valid_{name}_to_ref", reference=ref_t1w, out_name="valid.nii.gz")
     for node, field in ((r1_ref, "r1map"), (valid_ref, "valid_mask")):
         workflow.connect([
             (t1_wf, node, [(f"outputnode.{field}", "input_image")]),
             (xfms, node, [("out", "transforms")]),
         ])
+    workflow.connect(t1_wf, "outputnode.valid_mask", r1_ref, "valid_mask")
 
     uptake = pe.Node(ComputeUptake(agent=dataclasses.asdict(agent)), name=f"uptake_{name}",
                      mem_gb=1.0)
@@ -271,8 +284,8 @@ def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method
         tp.mp2rage.files + base.mp2rage.files)
     map_meta = {"Sources": [bids_uri(f, bids_dir) for f in files], "SpatialReference": ref_uri,
                 "BaselineTimepoint": base.label, "T1Method": method,
-                "EstimationAlgorithm": f"{method} T1 maps, resampled (linear) to the baseline "
-                                       "T1w; C = (R1_post - R1_pre) / r1",
+                "EstimationAlgorithm": f"{method} T1 maps, resampled ({RESAMPLING_R1}) to the "
+                                       "baseline T1w; C = (R1_post - R1_pre) / r1",
                 "SkullStripped": False}
     agent_meta = agent.as_metadata()
     for field, suffix_, extra in (
@@ -287,7 +300,7 @@ def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method
     ds_r1 = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc=method,
                     suffix="R1map", name=f"ds_r1map_ref_{name}",
                     metadata={**t1map_metadata(tp, method, bids_dir, config), "Units": "1/s",
-                              "SpatialReference": ref_uri, "Resampling": "linear"})
+                              "SpatialReference": ref_uri, "Resampling": RESAMPLING_R1})
     workflow.connect(r1_ref, "output_image", ds_r1, "in_file")
 
     if labels_ref is None:
