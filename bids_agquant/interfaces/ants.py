@@ -112,11 +112,11 @@ class ApplyTransforms(SimpleInterface):
     sinc (``lanczosWindowedSinc``): linear interpolation averages neighbours, which blurs a
     lesion into its surroundings and biased the mean uptake of sub-centimetre lesions by about
     -10 % on the reference dataset (within 2 % with the sinc, 0.5 % for lesions >= 10 mm).
-    A sinc rings at steps, so with ``valid_mask`` the invalid voxels (background, failed fits) are first filled from their
-    nearest valid voxel, and output voxels that borrow from invalid ones (the linearly
-    resampled mask below 0.999) are set to 0. ITK's sinc weights are not normalised, so the
-    result is divided by the resampled uniform image. The output keeps the reference NIfTI
-    affine and is float32 (int16 for label interpolation).
+    A sinc rings at steps, so with ``valid_mask`` the invalid voxels (background, failed fits)
+    are first filled from their nearest valid voxel, and output voxels that borrow from
+    invalid ones (the linearly resampled mask below 0.999) are set to 0. ITK's sinc weights
+    are not normalised, so the result is divided by the resampled uniform image. The output
+    keeps the reference NIfTI affine and is float32 (int16 for label interpolation).
     """
 
     input_spec = _ApplyTransformsInputSpec
