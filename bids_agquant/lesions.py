@@ -13,7 +13,10 @@ grids are handled):
   between two **voxel centres** of the lesion. Because it is measured between centres it
   underestimates the physical extent of the voxelised object by about one voxel (a
   20-voxel-wide sphere gives ≈ 19.9 mm at 1 mm; mesh-based tools report ≈ 20.8 mm). A single
-  voxel gives 0.0. It is a 3-D diameter, not the RECIST/RANO-BM axial-plane diameter.
+  voxel gives 0.0. It is a 3-D diameter.
+* ``longest_axial_diameter_mm`` = the RECIST 1.1 / RANO-BM measure: the largest in-plane
+  Feret diameter over the axial slices (the voxel axis most aligned with the world
+  superior axis defines the slices), voxel centres, distances in mm.
 * ``measurable`` = ``longest_diameter_mm >= measurable_threshold_mm`` (inclusive; a tolerance
   of 1e-6 mm absorbs floating-point rounding of the affine).
 * ``centroid_{x,y,z}_mm`` = mean of the voxel-centre world coordinates (the NIfTI
@@ -31,10 +34,21 @@ from scipy.spatial import ConvexHull, QhullError
 
 __all__ = [
     "column_dictionary",
+    "lesion_concentration_features",
     "lesion_geometry",
     "lesion_intensity_stats",
     "lesion_table",
 ]
+
+#: Width of the histogram bins of the Gd concentration for the lesion entropy, mM. Fixed (not
+#: per lesion) so that entropies compare across lesions and participants: a lesion of pure
+#: noise around zero has a low entropy, a heterogeneous uptake a high one (NanoBrainMets used
+#: entropy to separate placebo from AGuIX patients; its bins are not published).
+ENTROPY_BIN_WIDTH_MM = 0.005
+
+#: Default edges (mg/L) of the concentration bins for the percentage of lesion volume
+#: (NanoBrainMets reported <= 0.05 mg/ml and > 0.1 mg/ml).
+VOLUME_BIN_EDGES_MG_PER_L = (50.0, 100.0)
 
 #: Tolerance (mm) applied to the measurability threshold to absorb affine rounding.
 MEASURABLE_TOLERANCE_MM = 1e-6
@@ -48,6 +62,7 @@ GEOMETRY_COLUMNS = (
     "volume_ml",
     "equiv_diameter_mm",
     "longest_diameter_mm",
+    "longest_axial_diameter_mm",
     "measurable",
     "centroid_x_mm",
     "centroid_y_mm",
@@ -152,6 +167,21 @@ def _feret_diameter(points: np.ndarray) -> float:
     return _max_pairwise_distance(points)
 
 
+def _axial_axis(aff: np.ndarray) -> int:
+    """Voxel axis whose direction is closest to the world superior (z) axis."""
+    directions = aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0)
+    return int(np.argmax(np.abs(directions[2])))
+
+
+def _axial_feret_diameter(ijk: np.ndarray, xyz: np.ndarray, axis: int) -> float:
+    """Largest in-slice Feret diameter (mm) over the slices of voxel axis ``axis``."""
+    best = 0.0
+    slices = ijk[:, axis]
+    for value in np.unique(slices):
+        best = max(best, _feret_diameter(xyz[slices == value]))
+    return best
+
+
 # --------------------------------------------------------------------------- geometry
 
 
@@ -176,7 +206,8 @@ def lesion_geometry(
     pandas.DataFrame
         One row per nonzero label, sorted by id, with columns ``lesion_id`` (int),
         ``n_voxels`` (int), ``volume_ml`` (mL), ``equiv_diameter_mm`` (mm),
-        ``longest_diameter_mm`` (mm), ``measurable`` (bool), ``centroid_x_mm``,
+        ``longest_diameter_mm`` (mm, 3-D), ``longest_axial_diameter_mm`` (mm, RECIST axial),
+        ``measurable`` (bool, from the 3-D diameter), ``centroid_x_mm``,
         ``centroid_y_mm``, ``centroid_z_mm`` (mm, world frame of the affine). Empty (with
         these columns) when there is no lesion. See the module docstring for the
         definitions; the voxel-centre Feret diameter is about one voxel smaller than the
@@ -210,6 +241,9 @@ def lesion_geometry(
     longest = np.array(
         [_feret_diameter(xyz[s:e]) for s, e in zip(starts, ends, strict=True)], dtype=np.float64
     )
+    axis = _axial_axis(aff)
+    axial = np.array([_axial_feret_diameter(ijk[s:e], xyz[s:e], axis)
+                      for s, e in zip(starts, ends, strict=True)], dtype=np.float64)
     volume_mm3 = counts * voxel_volume_mm3
 
     return pd.DataFrame(
@@ -219,6 +253,7 @@ def lesion_geometry(
             "volume_ml": volume_mm3 / 1000.0,
             "equiv_diameter_mm": np.cbrt(6.0 * volume_mm3 / np.pi),
             "longest_diameter_mm": longest,
+            "longest_axial_diameter_mm": axial,
             "measurable": longest >= threshold - MEASURABLE_TOLERANCE_MM,
             "centroid_x_mm": centroids[:, 0],
             "centroid_y_mm": centroids[:, 1],
@@ -314,6 +349,114 @@ def lesion_intensity_stats(labels: np.ndarray, maps: Mapping[str, np.ndarray]) -
     return pd.DataFrame(columns)
 
 
+def _bin_label(low: float | None, high: float | None) -> str:
+    if low is None:
+        return f"vol_pct_mass_le_{high:g}_mg_per_L"
+    if high is None:
+        return f"vol_pct_mass_gt_{low:g}_mg_per_L"
+    return f"vol_pct_mass_{low:g}_to_{high:g}_mg_per_L"
+
+
+def lesion_concentration_features(
+    labels: np.ndarray,
+    gd_mM: np.ndarray,
+    mass_mg_per_L: np.ndarray | None = None,
+    *,
+    entropy_bin_width_mM: float = ENTROPY_BIN_WIDTH_MM,
+    bin_edges_mg_per_L: Iterable[float] = VOLUME_BIN_EDGES_MG_PER_L,
+) -> pd.DataFrame:
+    """Distribution features of the concentration inside every lesion.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray, shape (X, Y, Z)
+        Integer label image (0 = background).
+    gd_mM : numpy.ndarray
+        Gd concentration map, mmol/L, same grid; non-finite voxels are ignored.
+    mass_mg_per_L : numpy.ndarray, optional
+        Agent mass concentration map, mg/L, same grid (for the volume bins and its own
+        min/max/IQR/upper-quartile mean).
+    entropy_bin_width_mM : float
+        Histogram bin width for the entropy (bins ``[k w, (k + 1) w)`` anchored at 0).
+    bin_edges_mg_per_L : iterable of float
+        Increasing edges of the mass-concentration bins; bins are ``<= e1``,
+        ``(e1, e2]``, ..., ``> en``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per lesion: ``lesion_id``; for each map ``<m>`` (``gd_mM``, ``mass_mg_per_L``)
+        ``<m>_min``, ``<m>_max``, ``<m>_iqr`` (p75 - p25, linear percentiles) and
+        ``<m>_uqmean`` (mean of the voxels at or above the lesion's p75, the "upper quartile"
+        of NanoBrainMets); ``gd_entropy_bits`` (Shannon entropy, log2, of the binned
+        concentration histogram); ``vol_pct_mass_...`` (percentage of the lesion's voxels in
+        each mass-concentration bin). Negative values are kept everywhere.
+    """
+    lab = _check_labels(labels)
+    width = float(entropy_bin_width_mM)
+    if not width > 0:
+        raise ValueError(f"entropy_bin_width_mM must be > 0, got {entropy_bin_width_mM!r}")
+    edges = [float(e) for e in bin_edges_mg_per_L]
+    if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        raise ValueError(f"bin edges must increase, got {edges}")
+    idx, ids, _ = _voxels_by_label(lab)
+    group = np.searchsorted(ids, lab.ravel()[idx])
+    n_les = ids.size
+    columns: dict[str, np.ndarray] = {"lesion_id": ids.astype(np.int64)}
+    maps = {"gd_mM": gd_mM} if mass_mg_per_L is None else {"gd_mM": gd_mM,
+                                                           "mass_mg_per_L": mass_mg_per_L}
+    for name, arr in maps.items():
+        if np.shape(arr) != lab.shape:
+            raise ValueError(f"map {name!r} has shape {np.shape(arr)}, labels {lab.shape}")
+        values = np.asarray(arr).ravel()[idx].astype(np.float64, copy=False)
+        finite = np.isfinite(values)
+        v, g = values[finite], group[finite]
+        order = np.lexsort((v, g))
+        v, g = v[order], g[order]
+        counts = np.bincount(g, minlength=n_les).astype(np.int64)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        has = counts > 0
+        padded = np.append(v, np.nan)  # index v.size stands for "no voxel"
+        columns[f"{name}_min"] = padded[np.where(has, starts, v.size)]
+        columns[f"{name}_max"] = padded[np.where(has, starts + counts - 1, v.size)]
+        p25 = _grouped_quantile(v, starts, counts, 0.25)
+        p75 = _grouped_quantile(v, starts, counts, 0.75)
+        columns[f"{name}_iqr"] = p75 - p25
+        upper = v >= p75[g] if v.size else np.zeros(0, bool)
+        n_up = np.bincount(g, weights=upper.astype(np.float64), minlength=n_les)
+        s_up = np.bincount(g, weights=np.where(upper, v, 0.0), minlength=n_les)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            columns[f"{name}_uqmean"] = np.where(n_up > 0, s_up / n_up, np.nan)
+        if name == "gd_mM":
+            columns["gd_entropy_bits"] = _grouped_entropy(np.floor(v / width), g, counts)
+        if name == "mass_mg_per_L":
+            bounds = [None, *edges, None]
+            for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+                inside = np.ones(v.shape, bool)
+                if low is not None:
+                    inside &= v > low
+                if high is not None:
+                    inside &= v <= high
+                n_in = np.bincount(g, weights=inside.astype(np.float64), minlength=n_les)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    columns[_bin_label(low, high)] = np.where(has, 100.0 * n_in / counts,
+                                                              np.nan)
+    return pd.DataFrame(columns)
+
+
+def _grouped_entropy(bins: np.ndarray, group: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Shannon entropy (bits) of the bin occupancy within each group (groups sorted)."""
+    out = np.full(counts.shape, np.nan)
+    if bins.size == 0:
+        return out
+    pairs = np.stack([group, bins.astype(np.int64)], axis=1)
+    unique, occupancy = np.unique(pairs, axis=0, return_counts=True)
+    p = occupancy / counts[unique[:, 0]]
+    terms = -p * np.log2(p)
+    entropy = np.bincount(unique[:, 0], weights=terms, minlength=counts.size)
+    return np.where(counts > 0, entropy, np.nan)
+
+
 def lesion_table(
     labels: np.ndarray,
     affine: np.ndarray,
@@ -327,17 +470,24 @@ def lesion_table(
     labels, affine, measurable_threshold_mm
         See :func:`lesion_geometry`.
     maps : mapping of str to numpy.ndarray
-        See :func:`lesion_intensity_stats` (may be empty).
+        See :func:`lesion_intensity_stats` (may be empty). With ``"gd_mM"`` (and
+        ``"mass_mg_per_L"``) the :func:`lesion_concentration_features` are added.
 
     Returns
     -------
     pandas.DataFrame
         The :func:`lesion_geometry` columns followed by the
-        :func:`lesion_intensity_stats` columns, one row per lesion, sorted by id.
+        :func:`lesion_intensity_stats` (and concentration-feature) columns, one row per
+        lesion, sorted by id.
     """
     geometry = lesion_geometry(labels, affine, measurable_threshold_mm)
     stats = lesion_intensity_stats(labels, maps)
-    return geometry.merge(stats, on="lesion_id", how="left", validate="one_to_one")
+    table = geometry.merge(stats, on="lesion_id", how="left", validate="one_to_one")
+    if "gd_mM" in maps:
+        features = lesion_concentration_features(labels, maps["gd_mM"],
+                                                 maps.get("mass_mg_per_L"))
+        table = table.merge(features, on="lesion_id", how="left", validate="one_to_one")
+    return table
 
 
 # --------------------------------------------------------------------------- data dictionary
@@ -350,6 +500,25 @@ _FIXED_COLUMNS: dict[str, dict] = {
     "timepoint": {
         "LongName": "Timepoint",
         "Description": "BIDS session label of the timepoint the row describes.",
+    },
+    "longest_axial_diameter_mm": {
+        "LongName": "Longest axial diameter (RECIST 1.1 / RANO-BM)",
+        "Description": "Largest in-plane distance between two voxel centres of the lesion in "
+                       "one axial slice (slices along the voxel axis closest to superior).",
+        "Units": "mm",
+    },
+    "gd_entropy_bits": {
+        "LongName": "Entropy of the Gd concentration histogram",
+        "Description": "Shannon entropy (log2) of the lesion's Gd concentration histogram with "
+                       f"fixed bins of {ENTROPY_BIN_WIDTH_MM} mM anchored at 0; noise-only "
+                       "lesions score low, heterogeneous uptake high.",
+        "Units": "bit",
+    },
+    "percent_injected_dose_per_g": {
+        "LongName": "Percent injected dose per gram",
+        "Description": "100 x mean mass concentration [mg/L] x 1e-3 / (dose [mg/kg] x body "
+                       "weight [kg]), tissue density 1 kg/L; n/a without dose or weight.",
+        "Units": "%/g",
     },
     "t1_method": {
         "LongName": "T1 mapping method",
@@ -415,6 +584,11 @@ _STAT_TEXT = {
     "median": ("median", "Median over the lesion voxels with a finite value"),
     "p25": ("25th percentile", "25th percentile (linear interpolation) over the lesion voxels"),
     "p75": ("75th percentile", "75th percentile (linear interpolation) over the lesion voxels"),
+    "min": ("minimum", "Smallest value over the lesion voxels with a finite value"),
+    "max": ("maximum", "Largest value over the lesion voxels with a finite value"),
+    "iqr": ("interquartile range", "p75 - p25 (linear interpolation) over the lesion voxels"),
+    "uqmean": ("upper-quartile mean", "Mean of the lesion voxels at or above the lesion's "
+               "75th percentile (the 'upper quartile' of NanoBrainMets)"),
 }
 
 
@@ -463,6 +637,14 @@ def _units_from_suffix(name: str) -> str | None:
 def _describe(column: str) -> dict[str, str]:
     if column in _FIXED_COLUMNS:
         return dict(_FIXED_COLUMNS[column])
+    m = re.fullmatch(r"vol_pct_mass_(le_|gt_)?([\d.]+)(?:_to_([\d.]+))?_mg_per_L", column)
+    if m:
+        kind, a, b = m.groups()
+        where = {"le_": f"<= {a} mg/L", "gt_": f"> {a} mg/L"}.get(kind, f"in ({a}, {b}] mg/L")
+        return {"LongName": f"Percent of lesion volume with mass concentration {where}",
+                "Description": "Percentage of the lesion voxels with a finite concentration "
+                               f"whose agent mass concentration is {where}.",
+                "Units": "%"}
     prefix, _, stat = column.rpartition("_")
     if prefix and stat in _STAT_TEXT:
         stat_long, stat_desc = _STAT_TEXT[stat]

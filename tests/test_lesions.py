@@ -385,3 +385,62 @@ def test_column_dictionary():
     # unknown map statistic: generic, units guessed from suffix, never raises
     assert column_dictionary(["foo_per_s_mean"])["foo_per_s_mean"]["Units"] == "1/s"
     assert column_dictionary(pd.Index([])) == {}
+
+
+# --------------------------------------------------------------------------- issue 4 features
+
+
+def test_concentration_features_match_numpy_and_known_histograms():
+    from bids_agquant.lesions import lesion_concentration_features
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((10, 10, 10), np.int16)
+    labels[1:5, 1:5, 1:5] = 1  # 64 voxels
+    labels[6:9, 6:9, 6:9] = 2  # 27 voxels
+    gd = rng.normal(0.05, 0.03, labels.shape)
+    gd[labels == 2] = 0.0123  # one histogram bin: entropy 0
+    mass = gd * 1000.0
+    table = lesion_concentration_features(labels, gd, mass, entropy_bin_width_mM=0.005,
+                                          bin_edges_mg_per_L=(50.0, 100.0)).set_index("lesion_id")
+    v = gd[labels == 1]
+    p25, p75 = np.percentile(v, [25, 75])
+    row = table.loc[1]
+    assert row["gd_mM_min"] == v.min() and row["gd_mM_max"] == v.max()
+    assert row["gd_mM_iqr"] == pytest.approx(p75 - p25)
+    assert row["gd_mM_uqmean"] == pytest.approx(v[v >= p75].mean())
+    counts = np.unique(np.floor(v / 0.005), return_counts=True)[1] / v.size
+    assert row["gd_entropy_bits"] == pytest.approx(-(counts * np.log2(counts)).sum())
+    m = mass[labels == 1]
+    assert row["vol_pct_mass_le_50_mg_per_L"] == pytest.approx(100 * np.mean(m <= 50))
+    assert row["vol_pct_mass_50_to_100_mg_per_L"] == pytest.approx(
+        100 * np.mean((m > 50) & (m <= 100)))
+    assert row["vol_pct_mass_gt_100_mg_per_L"] == pytest.approx(100 * np.mean(m > 100))
+    assert table.loc[2, "gd_entropy_bits"] == 0.0
+    assert table.loc[2, "vol_pct_mass_le_50_mg_per_L"] == 100.0
+    # two equally filled bins: exactly one bit
+    half = np.where(np.arange(labels.size).reshape(labels.shape) % 2 == 0, 0.001, 0.011)
+    two = lesion_concentration_features((labels == 1).astype(int), half)
+    assert two["gd_entropy_bits"].iloc[0] == pytest.approx(1.0)
+
+
+def test_axial_diameter_is_in_plane_and_the_dictionary_describes_new_columns():
+    from bids_agquant.lesions import column_dictionary, lesion_geometry
+
+    # A rod along z (superior): 3-D diameter is its length, axial diameter its width.
+    labels = np.zeros((20, 20, 30), np.int16)
+    labels[9:12, 9:12, 2:27] = 1  # 3 x 3 voxels in-plane, 25 voxels long
+    geom = lesion_geometry(labels, np.diag([1.0, 1.0, 1.0, 1.0])).iloc[0]
+    assert geom["longest_diameter_mm"] == pytest.approx(np.sqrt(2 * 2**2 + 24**2))
+    assert geom["longest_axial_diameter_mm"] == pytest.approx(np.sqrt(2 * 2**2))
+    # With a permuted affine the superior axis is voxel axis 0: the "slices" follow it.
+    permuted = np.array([[0, 0, 1.0, 0], [0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
+    rod_x = np.transpose(labels, (2, 1, 0))
+    geom_p = lesion_geometry(rod_x, permuted).iloc[0]
+    assert geom_p["longest_axial_diameter_mm"] == pytest.approx(np.sqrt(2 * 2**2))
+    entries = column_dictionary(["longest_axial_diameter_mm", "gd_entropy_bits",
+                                 "gd_mM_uqmean", "vol_pct_mass_gt_100_mg_per_L",
+                                 "percent_injected_dose_per_g"])
+    assert entries["gd_mM_uqmean"]["Units"] == "mmol/L"
+    assert entries["vol_pct_mass_gt_100_mg_per_L"]["Units"] == "%"
+    assert entries["gd_entropy_bits"]["Units"] == "bit"
+    assert "RECIST" in entries["longest_axial_diameter_mm"]["LongName"]

@@ -70,6 +70,8 @@ class _LesionTableInputSpec(BaseInterfaceInputSpec):
     t1_method = traits.Str(desc="T1 method the concentrations come from (vfa, mp2rage)")
     measurable_threshold_mm = traits.Float(10.0, usedefault=True)
     hours_post_injection = traits.Either(None, traits.Float, usedefault=True)
+    dose_mg_per_kg = traits.Either(None, traits.Float, usedefault=True)
+    weight_kg = traits.Either(None, traits.Float, usedefault=True)
 
 
 class _LesionTableOutputSpec(TraitedSpec):
@@ -116,6 +118,12 @@ class LesionTable(SimpleInterface):
                                   strict=True))
                 names = [lookup.get(int(i), "n/a") for i in table["lesion_id"]]
                 table.insert(1, "lesion_name", names)
+        from ..qmri.uptake import percent_injected_dose_per_g
+
+        # NaN for a placebo (dose 0) or when participants.tsv lacks the dose or weight.
+        table["percent_injected_dose_per_g"] = percent_injected_dose_per_g(
+            table["mass_mg_per_L_mean"].to_numpy(), self.inputs.dose_mg_per_kg,
+            self.inputs.weight_kg)
         table["hours_post_injection"] = (self.inputs.hours_post_injection
                                          if self.inputs.hours_post_injection is not None
                                          else np.nan)

@@ -307,7 +307,9 @@ def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method
         return
     table = pe.Node(LesionTable(timepoint=tp.label, t1_method=method,
                                 measurable_threshold_mm=config.measurable_threshold_mm,
-                                hours_post_injection=tp.hours_post_injection),
+                                hours_post_injection=tp.hours_post_injection,
+                                dose_mg_per_kg=plan.dose_mg_per_kg,
+                                weight_kg=plan.weight_kg),
                     name=f"lesion_table_{name}")
     if plan.contours.names_tsv is not None:
         table.inputs.names_tsv = str(plan.contours.names_tsv)
