@@ -662,6 +662,7 @@ BIDSIGNORE = [
     "*_massconc.*",
     "*_enhancement.*",
     "*_lesions.*",
+    "*_controls.*",
     "group_*",
 ]
 

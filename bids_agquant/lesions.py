@@ -30,10 +30,13 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 __all__ = [
     "column_dictionary",
+    "control_rois",
+    "limit_of_quantification",
     "lesion_concentration_features",
     "lesion_geometry",
     "lesion_intensity_stats",
@@ -457,6 +460,138 @@ def _grouped_entropy(bins: np.ndarray, group: np.ndarray, counts: np.ndarray) ->
     return np.where(counts > 0, entropy, np.nan)
 
 
+# --------------------------------------------------------------------------- noise and controls
+
+#: ICH Q2 multipliers of the blank's standard deviation: limit of detection and of
+#: quantification.
+LOD_K = 3.3
+LOQ_K = 10.0
+
+
+def limit_of_quantification(
+    delta_r1_per_s: np.ndarray,
+    normal_mask: np.ndarray,
+    n_voxels: Iterable[int],
+    *,
+    k: float = LOQ_K,
+) -> np.ndarray:
+    """Lower limit of quantification of a lesion-mean ΔR1, for lesions of given sizes.
+
+    The "blank" is normal tissue, where the true ΔR1 is 0: the standard deviation of the
+    mean ΔR1 over normal-tissue regions of the lesion's size (cubes of ``n_voxels``,
+    normalised convolution inside ``normal_mask``) measures everything that makes a lesion
+    mean scatter around its truth -- noise, its spatial correlation after resampling, and
+    residual misregistration -- and ``LoQ = k * SD`` (ICH Q2, k = 10).
+
+    Parameters
+    ----------
+    delta_r1_per_s : numpy.ndarray
+        ΔR1 map, 1/s (NaN where unknown).
+    normal_mask : numpy.ndarray of bool
+        Normal tissue (no lesion, with a margin), same grid.
+    n_voxels : iterable of int
+        Lesion sizes, voxels.
+    k : float
+        Multiplier of the SD (10 for LoQ, 3.3 for a limit of detection).
+
+    Returns
+    -------
+    numpy.ndarray
+        LoQ of the mean ΔR1 (1/s) for each size; NaN when fewer than 20 region means fit in
+        the normal tissue.
+    """
+    dr1 = np.asarray(delta_r1_per_s, dtype=np.float64)
+    mask = np.asarray(normal_mask, bool) & np.isfinite(dr1)
+    values = np.where(mask, dr1, 0.0)
+    weights = mask.astype(np.float64)
+    out = []
+    for n in n_voxels:
+        side = max(1, round(float(n) ** (1.0 / 3.0)))
+        total = ndimage.uniform_filter(values, size=side, mode="constant")
+        count = ndimage.uniform_filter(weights, size=side, mode="constant")
+        full = mask & (count > 0.999)  # cubes lying entirely in normal tissue
+        if full.sum() < 20:
+            out.append(np.nan)
+            continue
+        means = total[full] / count[full]
+        # Robust SD (MAD): a few vessels or edge voxels must not set the limit.
+        mad = np.median(np.abs(means - np.median(means)))
+        out.append(k * 1.4826 * mad)
+    return np.asarray(out, dtype=np.float64)
+
+
+def control_rois(
+    labels: np.ndarray,
+    tissue_mask: np.ndarray,
+    affine: np.ndarray,
+    *,
+    n_rois: int = 3,
+    radius_mm: float | None = None,
+    margin_mm: float = 10.0,
+) -> np.ndarray:
+    """Healthy-tissue reference regions: ``n_rois`` spheres away from every lesion.
+
+    NanoRad checked three metastasis-free regions of similar size in every patient for the
+    absence of enhancement and of T1 change. The spheres have the radius of the median
+    lesion's equivalent sphere (at least 4 mm) unless ``radius_mm`` is given; their centres
+    lie at least ``radius + margin_mm`` from every lesion voxel and ``radius`` inside the
+    tissue mask, chosen deterministically by farthest-point sampling (the first as close to
+    the tissue centroid as allowed, each next one as far as possible from those chosen).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Lesion labels (0 = background).
+    tissue_mask : numpy.ndarray of bool
+        Where a control may lie (brain or head signal), same grid.
+    affine : numpy.ndarray, shape (4, 4)
+        Voxel-to-world affine, mm.
+    n_rois, radius_mm, margin_mm
+        Number of spheres, their radius and the distance kept from the lesions, mm.
+
+    Returns
+    -------
+    numpy.ndarray of int16
+        Label image with the spheres labelled 1..n (fewer if they do not fit).
+    """
+    lab = _check_labels(labels)
+    aff = _check_affine(affine)
+    tissue = np.asarray(tissue_mask, bool)
+    spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    if radius_mm is None:
+        geometry = lesion_geometry(lab, aff)
+        median_d = float(geometry["equiv_diameter_mm"].median()) if len(geometry) else 10.0
+        radius_mm = max(4.0, median_d / 2.0)
+    inside = ndimage.distance_transform_edt(tissue, sampling=spacing)
+    away = (ndimage.distance_transform_edt(lab == 0, sampling=spacing) if lab.any()
+            else np.full(lab.shape, np.inf))
+    candidates = np.argwhere((inside >= radius_mm) & (away >= radius_mm + margin_mm))
+    out = np.zeros(lab.shape, np.int16)
+    if candidates.size == 0:
+        return out
+    points = candidates @ aff[:3, :3].T
+    centre = np.argwhere(tissue).mean(axis=0) @ aff[:3, :3].T
+    chosen = [int(np.argmin(np.linalg.norm(points - centre, axis=1)))]
+    nearest = np.linalg.norm(points - points[chosen[0]], axis=1)
+    while len(chosen) < n_rois:
+        nxt = int(np.argmax(nearest))
+        if nearest[nxt] < 2 * radius_mm:  # no room for another disjoint sphere
+            break
+        chosen.append(nxt)
+        nearest = np.minimum(nearest, np.linalg.norm(points - points[nxt], axis=1))
+    reach = int(np.ceil(radius_mm / spacing.min())) + 1
+    for number, index in enumerate(chosen, start=1):
+        # Distances only in a box around the centre (the volume may be 1 mm whole-head).
+        lo = np.maximum(candidates[index] - reach, 0)
+        hi = np.minimum(candidates[index] + reach + 1, lab.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        ijk = np.indices(hi - lo).reshape(3, -1).T + lo
+        distance = np.linalg.norm((ijk - candidates[index]) @ aff[:3, :3].T, axis=1)
+        sphere = (distance <= radius_mm).reshape(hi - lo)
+        out[box][sphere & tissue[box] & (lab[box] == 0)] = number
+    return out
+
+
 def lesion_table(
     labels: np.ndarray,
     affine: np.ndarray,
@@ -519,6 +654,26 @@ _FIXED_COLUMNS: dict[str, dict] = {
         "Description": "100 x mean mass concentration [mg/L] x 1e-3 / (dose [mg/kg] x body "
                        "weight [kg]), tissue density 1 kg/L; n/a without dose or weight.",
         "Units": "%/g",
+    },
+    "deltaR1_loq": {
+        "LongName": "Lower limit of quantification of the lesion-mean Delta R1",
+        "Description": "10 x the robust (MAD) standard deviation of mean Delta R1 over "
+                       "normal-tissue cubes of the lesion's volume (ICH Q2: 10 sigma of the "
+                       "blank); includes noise, its spatial correlation and residual "
+                       "misregistration.",
+        "Units": "1/s",
+    },
+    "gd_mM_loq": {
+        "LongName": "Lower limit of quantification of the lesion-mean Gd concentration",
+        "Description": "deltaR1_loq / r1.",
+        "Units": "mmol/L",
+    },
+    "quantification": {
+        "LongName": "Quantification status",
+        "Description": "Whether the lesion-mean concentration is above the lower limit of "
+                       "quantification; the numbers of a '<LoQ' lesion are not a measurement.",
+        "Levels": {"quantified": "|mean Delta R1| >= LoQ", "<LoQ": "|mean Delta R1| < LoQ",
+                   "n/a": "LoQ not available (too little normal tissue)"},
     },
     "t1_method": {
         "LongName": "T1 mapping method",

@@ -179,3 +179,48 @@ def test_map_resampling_keeps_small_lesion_contrast_and_masks_invalid(tmp_path):
     assert tissue.any() and np.allclose(sinc[tissue], 0.7, atol=1e-4)
     assert (sinc[27:30, 20:22, 20:22] == 0).all()  # the hole stays invalid
     assert (sinc[rho_ref > 31] == 0).all()  # background
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.2])
+def test_lesion_table_loq_and_healthy_tissue_controls(tmp_path, offset):
+    """A lesion whose ΔR1 is within the noise is '<LoQ'; controls fail when normal tissue
+    shows a ΔR1 (offset 0.2 1/s, e.g. a calibration drift) and pass when it does not."""
+    import pandas as pd
+
+    from bids_agquant.interfaces.lesions import LesionTable
+
+    rng = np.random.default_rng(5)
+    shape = (48, 48, 48)
+    grid = np.indices(shape)
+    brain = ((grid - 23.5) ** 2).sum(axis=0) <= 22**2
+    labels = np.zeros(shape, np.int16)
+    labels[((grid - np.array([30, 24, 24])[:, None, None, None]) ** 2).sum(axis=0) <= 9] = 1
+    labels[((grid - np.array([14, 24, 24])[:, None, None, None]) ** 2).sum(axis=0) <= 9] = 2
+    dr1 = rng.normal(offset, 0.05, shape) + np.where(labels == 1, 0.5, 0.0)
+    dr1[labels == 2] = rng.normal(0.0, 0.05, (labels == 2).sum())  # no uptake
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    files = {name: _nifti(tmp_path / f"{name}.nii.gz", data.astype(np.float32), affine)
+             for name, data in (("labels", labels), ("dr1", dr1), ("gd", dr1 / 8.9),
+                                ("mass", dr1 / 8.9 * 1000), ("t1", np.full(shape, 1.2)),
+                                ("se", rng.normal(0, 2, shape)),
+                                ("normal", brain.astype(np.uint8)))}
+    node = pe.Node(LesionTable(labels=files["labels"], gd_conc=files["gd"],
+                               mass_conc=files["mass"], delta_r1=files["dr1"],
+                               t1_pre=files["t1"], t1_post=files["t1"],
+                               enhancement=files["se"], timepoint="ses-D1", t1_method="vfa",
+                               normal_mask=files["normal"], r1_per_mM_per_s=8.9,
+                               dose_mg_per_kg=100.0, weight_kg=70.0),
+                   name="table", base_dir=str(tmp_path))
+    result = node.run().outputs
+    table = pd.read_csv(result.out_tsv, sep="\t").set_index("lesion_id")
+    assert table.loc[1, "quantification"] == "quantified"
+    if offset == 0.0:
+        assert table.loc[2, "quantification"] == "<LoQ"
+    assert table.loc[1, "gd_mM_loq"] == pytest.approx(table.loc[1, "deltaR1_loq"] / 8.9)
+    assert table.loc[1, "percent_injected_dose_per_g"] > 0
+    controls = pd.read_csv(result.controls_tsv, sep="\t")
+    assert len(controls) == 3
+    assert controls["control_failed"].all() == (offset > 0)  # every control fails...
+    assert controls["control_failed"].any() == (offset > 0)  # ...or none does
+    dictionary = json.loads(open(result.out_json).read())
+    assert "Levels" in dictionary["quantification"]

@@ -444,3 +444,41 @@ def test_axial_diameter_is_in_plane_and_the_dictionary_describes_new_columns():
     assert entries["vol_pct_mass_gt_100_mg_per_L"]["Units"] == "%"
     assert entries["gd_entropy_bits"]["Units"] == "bit"
     assert "RECIST" in entries["longest_axial_diameter_mm"]["LongName"]
+
+
+def test_limit_of_quantification_of_white_noise_scales_with_lesion_size():
+    from bids_agquant.lesions import limit_of_quantification
+
+    rng = np.random.default_rng(11)
+    sigma = 0.05
+    dr1 = rng.normal(0.0, sigma, (60, 60, 60))
+    normal = np.ones(dr1.shape, bool)
+    loq = limit_of_quantification(dr1, normal, [27, 216])
+    # mean of n independent voxels: SD sigma / sqrt(n); LoQ = 10 SD
+    np.testing.assert_allclose(loq, 10 * sigma / np.sqrt([27, 216]), rtol=0.06)
+    # too little normal tissue: n/a, never a made-up limit
+    tiny = np.zeros(dr1.shape, bool)
+    tiny[:4, :4, :4] = True
+    assert np.isnan(limit_of_quantification(dr1, tiny, [27])[0])
+
+
+def test_control_rois_are_disjoint_healthy_and_away_from_lesions():
+    from bids_agquant.lesions import control_rois
+
+    shape = (60, 60, 60)
+    grid = np.indices(shape)
+    brain = ((grid - 29.5) ** 2).sum(axis=0) <= 27**2
+    labels = np.zeros(shape, np.int16)
+    labels[((grid - np.array([40, 30, 30])[:, None, None, None]) ** 2).sum(axis=0) <= 16] = 1
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    rois = control_rois(labels, brain, affine)
+    assert set(np.unique(rois)) == {0, 1, 2, 3}
+    assert not (rois[labels > 0]).any() and not rois[~brain].any()
+    spacing = (2.0, 2.0, 2.0)
+    from scipy import ndimage
+
+    distance = ndimage.distance_transform_edt(labels == 0, sampling=spacing)
+    assert distance[rois > 0].min() >= 10.0  # the margin
+    sizes = np.bincount(rois.ravel())[1:]
+    assert sizes.min() > 0.8 * sizes.max()  # similar sizes
+    np.testing.assert_array_equal(rois, control_rois(labels, brain, affine))  # deterministic

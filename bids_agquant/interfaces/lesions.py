@@ -72,11 +72,19 @@ class _LesionTableInputSpec(BaseInterfaceInputSpec):
     hours_post_injection = traits.Either(None, traits.Float, usedefault=True)
     dose_mg_per_kg = traits.Either(None, traits.Float, usedefault=True)
     weight_kg = traits.Either(None, traits.Float, usedefault=True)
+    normal_mask = File(exists=True, desc="normal tissue (signal mask without the lesions and a "
+                                         "margin), reference grid: noise for the LoQ and the "
+                                         "healthy-tissue controls")
+    r1_per_mM_per_s = traits.Float(desc="relaxivity used for the concentrations, 1/(mM s)")
+    se_tolerance_percent = traits.Float(10.0, usedefault=True,
+                                        desc="|SE| above which a healthy-tissue control fails")
 
 
 class _LesionTableOutputSpec(TraitedSpec):
     out_tsv = File(exists=True)
     out_json = File(exists=True, desc="BIDS data dictionary of the columns")
+    controls_tsv = File(desc="healthy-tissue control regions (with normal_mask)")
+    controls_json = File(desc="data dictionary of the controls table")
 
 
 class LesionTable(SimpleInterface):
@@ -120,6 +128,8 @@ class LesionTable(SimpleInterface):
                 table.insert(1, "lesion_name", names)
         from ..qmri.uptake import percent_injected_dose_per_g
 
+        if self.inputs.normal_mask:
+            self._quality(runtime, table, labels, label_img.affine, maps)
         # NaN for a placebo (dose 0) or when participants.tsv lacks the dose or weight.
         table["percent_injected_dose_per_g"] = percent_injected_dose_per_g(
             table["mass_mg_per_L_mean"].to_numpy(), self.inputs.dose_mg_per_kg,
@@ -136,3 +146,56 @@ class LesionTable(SimpleInterface):
         self._results["out_tsv"] = tsv
         self._results["out_json"] = out_json
         return runtime
+
+    def _quality(self, runtime, table, labels, affine, maps):
+        """LoQ columns of the lesion table and the healthy-tissue control table."""
+        from ..lesions import control_rois, lesion_intensity_stats, limit_of_quantification
+
+        normal = np.asarray(nb.load(self.inputs.normal_mask).dataobj) > 0
+        if normal.shape != labels.shape:
+            raise ValueError(f"{self.inputs.normal_mask}: grid differs from the lesion labels")
+        # Keep a margin: the lesion edge (partial volume, resampling) is not normal tissue.
+        normal &= ~ndimage.binary_dilation(labels > 0, iterations=2)
+        dr1 = maps["deltaR1"]
+        loq = limit_of_quantification(dr1, normal, table["n_voxels"])
+        table["deltaR1_loq"] = loq
+        if self.inputs.r1_per_mM_per_s:
+            table["gd_mM_loq"] = loq / self.inputs.r1_per_mM_per_s
+        # The dedicated column: a mean below the LoQ is never a bare number.
+        table["quantification"] = np.where(
+            ~np.isfinite(loq), "n/a",
+            np.where(np.abs(table["deltaR1_mean"]) < loq, "<LoQ", "quantified"))
+
+        controls = control_rois(labels, normal, affine)
+        stats = lesion_intensity_stats(controls, {k: v for k, v in maps.items()
+                                                  if k in ("deltaR1", "gd_mM", "se_percent")})
+        stats.insert(1, "n_voxels", np.bincount(controls.ravel())[stats["lesion_id"]])
+        stats = stats.rename(columns={"lesion_id": "roi_id"})
+        stats.insert(1, "timepoint", self.inputs.timepoint)
+        stats["deltaR1_loq"] = limit_of_quantification(dr1, normal, stats["n_voxels"])
+        failed = np.abs(stats["deltaR1_mean"]) > stats["deltaR1_loq"]
+        if "se_percent_mean" in stats:
+            failed |= np.abs(stats["se_percent_mean"]) > self.inputs.se_tolerance_percent
+        stats["control_failed"] = failed
+        path = os.path.join(runtime.cwd, "controls.tsv")
+        stats.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+        dictionary = {
+            "roi_id": {"LongName": "Control region", "Description": "Sphere of healthy tissue "
+                       "(no lesion within 10 mm), radius of the median lesion's equivalent "
+                       "sphere (at least 4 mm); NanoRad's negative control."},
+            "deltaR1_loq": {"LongName": "LoQ of the region-mean Delta R1", "Units": "1/s",
+                            "Description": "10 x robust SD of normal-tissue means over "
+                                           "regions of this size."},
+            "control_failed": {"LongName": "Control failed", "Description": "True when "
+                               "|Delta R1 mean| exceeds its LoQ or |SE mean| exceeds "
+                               f"{self.inputs.se_tolerance_percent:g} %."},
+        }
+        from ..lesions import column_dictionary
+
+        full = column_dictionary([c for c in stats.columns if c not in dictionary])
+        full.update(dictionary)
+        json_path = os.path.join(runtime.cwd, "controls.json")
+        with open(json_path, "w") as handle:
+            json.dump(full, handle, indent=2)
+        self._results["controls_tsv"] = path
+        self._results["controls_json"] = json_path

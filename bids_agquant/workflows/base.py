@@ -242,12 +242,13 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
                             tp_reg=tp_reg, method_reg=method_regs[(tp.label, method)],
                             t1_wf=t1map_wfs[(tp.label, method)],
                             r1_base=r1_base_ref[method], valid_base=valid_base_ref[method],
-                            enhancement=enhancement, labels_ref=labels_ref)
+                            enhancement=enhancement, labels_ref=labels_ref,
+                            normal_mask=ref_mask)
     return workflow
 
 
 def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method_reg, t1_wf,
-                    r1_base, valid_base, enhancement, labels_ref):
+                    r1_base, valid_base, enhancement, labels_ref, normal_mask):
     """R1 of ``method`` into the reference, ΔR1 → mM Gd → mg/L, sinks and the lesion table."""
     out = str(config.output_dir)
     bids_dir = Path(config.bids_dir)
@@ -309,7 +310,8 @@ def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method
                                 measurable_threshold_mm=config.measurable_threshold_mm,
                                 hours_post_injection=tp.hours_post_injection,
                                 dose_mg_per_kg=plan.dose_mg_per_kg,
-                                weight_kg=plan.weight_kg),
+                                weight_kg=plan.weight_kg,
+                                r1_per_mM_per_s=agent.r1_per_mM_per_s),
                     name=f"lesion_table_{name}")
     if plan.contours.names_tsv is not None:
         table.inputs.names_tsv = str(plan.contours.names_tsv)
@@ -319,9 +321,13 @@ def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method
                          ("delta_r1", "delta_r1"), ("t1_pre", "t1_pre"),
                          ("t1_post", "t1_post")]),
         (enhancement, table, [("enhancement", "enhancement")]),
+        (normal_mask, table, [("out_mask", "normal_mask")]),
     ])
     ds_table = ds_node(output_dir=out, plan=plan, timepoint=tp, desc=method,
                        suffix="lesions", extension=".tsv", name=f"ds_lesions_{name}")
+    ds_controls = ds_node(output_dir=out, plan=plan, timepoint=tp, desc=method,
+                          suffix="controls", extension=".tsv", name=f"ds_controls_{name}")
     workflow.connect([
         (table, ds_table, [("out_tsv", "in_file"), ("out_json", "sidecar_file")]),
+        (table, ds_controls, [("controls_tsv", "in_file"), ("controls_json", "sidecar_file")]),
     ])
