@@ -169,6 +169,22 @@ def test_placebo_mean_near_zero(demo):
     for _key, label in _posts(demo, pid):
         est = _estimated(demo, pid, label)
         assert (est["gd_mM_mean"].abs() < 0.003).all(), est[["lesion_id", "gd_mM_mean"]]
+        # no uptake is never reported as a measurement
+        assert (est["quantification"] == "<LoQ").all(), est[["lesion_id", "quantification"]]
+
+
+def test_treated_lesions_are_quantified_and_healthy_controls_pass(demo):
+    participants = _participants(demo)
+    placebo = set(participants[participants["agent"].str.lower() == "placebo"]["participant_id"])
+    for pid in participants["participant_id"]:
+        for _key, label in _posts(demo, pid):
+            for method in _detail(demo, pid)["t1_methods"]:
+                controls = pd.read_csv(_anat(demo, pid, label)
+                                       / f"{pid}_{label}_desc-{method}_controls.tsv", sep="\t")
+                assert len(controls) == 3 and not controls["control_failed"].any()
+                if pid not in placebo:
+                    est = _estimated(demo, pid, label, method)
+                    assert (est["quantification"] == "quantified").all(), (pid, label, method)
 
 
 def test_measurable_flag_and_size_match_truth(demo):
