@@ -663,6 +663,7 @@ BIDSIGNORE = [
     "*_enhancement.*",
     "*_lesions.*",
     "*_controls.*",
+    "*_profiles.*",
     "group_*",
 ]
 

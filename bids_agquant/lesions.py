@@ -37,6 +37,7 @@ __all__ = [
     "column_dictionary",
     "control_rois",
     "limit_of_quantification",
+    "line_profiles",
     "lesion_concentration_features",
     "lesion_geometry",
     "lesion_intensity_stats",
@@ -592,6 +593,101 @@ def control_rois(
     return out
 
 
+def _world_axis(aff: np.ndarray, world: int) -> tuple[int, float]:
+    """Voxel axis closest to world axis ``world`` (0 = R, 1 = A) and its sign."""
+    directions = aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0)
+    axis = int(np.argmax(np.abs(directions[world])))
+    return axis, float(np.sign(directions[world, axis]))
+
+
+def line_profiles(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    values: np.ndarray,
+    *,
+    ring_mm: float = 4.0,
+    extent: float = 2.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Right-left and anterior-posterior profiles through every lesion centroid.
+
+    As in NanoBrainMets, values outside the lesion are replaced by the mean of the normal
+    tissue immediately surrounding it (a ring of ``ring_mm`` around the lesion, other
+    lesions excluded), so that a profile shows the lesion against its own background.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Lesion labels (0 = background).
+    affine : numpy.ndarray, shape (4, 4)
+        Voxel-to-world affine (RAS mm); the profiles run along the voxel axes closest to
+        world R and A.
+    values : numpy.ndarray
+        Map to profile (e.g. mass concentration, mg/L); NaN ignored in the ring mean.
+    ring_mm : float
+        Width of the surrounding-normal ring, mm.
+    extent : float
+        Half-length of each profile in units of the lesion's equivalent radius.
+
+    Returns
+    -------
+    profiles : pandas.DataFrame
+        Long format: ``lesion_id``, ``direction`` (``RL``, ``AP``), ``position_mm`` (from the
+        centroid, positive towards R or A), ``value`` (the map inside the lesion, the ring
+        mean outside), ``inside`` (bool).
+    summary : pandas.DataFrame
+        Per lesion: ``ring_mean`` and ``peak_to_valley_ratio`` (largest / smallest value
+        inside the lesion along both profiles; n/a when the smallest is <= 0).
+    """
+    lab = _check_labels(labels)
+    aff = _check_affine(affine)
+    vals = np.asarray(values, dtype=np.float64)
+    if vals.shape != lab.shape:
+        raise ValueError(f"values have shape {vals.shape}, labels {lab.shape}")
+    spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    geometry = lesion_geometry(lab, aff)
+    rows, summary = [], []
+    for lesion in geometry.itertuples(index=False):
+        member = lab == lesion.lesion_id
+        ijk = np.argwhere(member)
+        centre = np.rint(ijk.mean(axis=0)).astype(int)
+        # Ring: within ring_mm of the lesion, outside every lesion (EDT in a box).
+        reach = np.ceil(ring_mm / spacing).astype(int) + 1
+        lo = np.maximum(ijk.min(axis=0) - reach, 0)
+        hi = np.minimum(ijk.max(axis=0) + reach + 1, lab.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        distance = ndimage.distance_transform_edt(~member[box], sampling=spacing)
+        ring = (distance > 0) & (distance <= ring_mm) & (lab[box] == 0)
+        ring_values = vals[box][ring]
+        ring_values = ring_values[np.isfinite(ring_values)]
+        ring_mean = float(ring_values.mean()) if ring_values.size else np.nan
+        radius_mm = lesion.equiv_diameter_mm / 2.0
+        inside_values = []
+        for direction, world in (("RL", 0), ("AP", 1)):
+            axis, sign = _world_axis(aff, world)
+            half = int(np.ceil(extent * max(radius_mm, spacing[axis]) / spacing[axis]))
+            steps = np.arange(-half, half + 1)
+            index = np.repeat(centre[None, :], steps.size, axis=0)
+            index[:, axis] += steps
+            keep = (index[:, axis] >= 0) & (index[:, axis] < lab.shape[axis])
+            index, steps = index[keep], steps[keep]
+            inside = member[tuple(index.T)]
+            profile = np.where(inside, vals[tuple(index.T)], ring_mean)
+            inside_values.append(profile[inside])
+            for step, value, flag in zip(steps, profile, inside, strict=True):
+                rows.append((lesion.lesion_id, direction, sign * step * spacing[axis],
+                             float(value), bool(flag)))
+        inner = np.concatenate(inside_values)
+        inner = inner[np.isfinite(inner)]
+        ratio = (float(inner.max() / inner.min()) if inner.size and inner.min() > 0
+                 else np.nan)
+        summary.append((lesion.lesion_id, ring_mean, ratio))
+    profiles = pd.DataFrame(rows, columns=["lesion_id", "direction", "position_mm", "value",
+                                           "inside"])
+    summary_table = pd.DataFrame(summary, columns=["lesion_id", "ring_mean",
+                                                   "peak_to_valley_ratio"])
+    return profiles, summary_table
+
+
 def lesion_table(
     labels: np.ndarray,
     affine: np.ndarray,
@@ -674,6 +770,30 @@ _FIXED_COLUMNS: dict[str, dict] = {
                        "quantification; the numbers of a '<LoQ' lesion are not a measurement.",
         "Levels": {"quantified": "|mean Delta R1| >= LoQ", "<LoQ": "|mean Delta R1| < LoQ",
                    "n/a": "LoQ not available (too little normal tissue)"},
+    },
+    "se_percent_normal_tissue": {
+        "LongName": "Signal enhancement of normal-appearing tissue",
+        "Description": "Median SE over normal tissue (signal mask without the lesions and a "
+                       "2-voxel margin) of this timepoint.",
+        "Units": "%",
+    },
+    "se_percent_mean_normalised": {
+        "LongName": "Lesion signal enhancement relative to normal tissue",
+        "Description": "se_percent_mean - se_percent_normal_tissue: removes a global signal "
+                       "change (scaling, receive bias) between the sessions.",
+        "Units": "%",
+    },
+    "ring_mass_mg_per_L": {
+        "LongName": "Surrounding normal-tissue mass concentration",
+        "Description": "Mean mass concentration in a 4 mm ring around the lesion (other "
+                       "lesions excluded): the baseline of the line profiles.",
+        "Units": "mg/L",
+    },
+    "peak_to_valley_ratio": {
+        "LongName": "Peak-to-valley ratio of the line profiles",
+        "Description": "Largest / smallest mass concentration inside the lesion along its "
+                       "right-left and anterior-posterior profiles through the centroid; n/a "
+                       "when the smallest is <= 0.",
     },
     "t1_method": {
         "LongName": "T1 mapping method",

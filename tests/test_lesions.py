@@ -482,3 +482,29 @@ def test_control_rois_are_disjoint_healthy_and_away_from_lesions():
     sizes = np.bincount(rois.ravel())[1:]
     assert sizes.min() > 0.8 * sizes.max()  # similar sizes
     np.testing.assert_array_equal(rois, control_rois(labels, brain, affine))  # deterministic
+
+
+def test_line_profiles_central_minimum_and_ring_baseline():
+    from bids_agquant.lesions import line_profiles
+
+    shape = (40, 40, 40)
+    grid = np.indices(shape).astype(float)
+    r = np.sqrt(((grid - 20.0) ** 2).sum(axis=0))
+    labels = (r <= 5.0).astype(np.int16)
+    # central minimum: 50 mg/L in the centre, 80 at the rim (peak-to-valley 1.6, as the
+    # NanoBrainMets central-minimum lesions); 10 mg/L in the surrounding tissue
+    values = np.where(labels > 0, 50 + 30 * (r / 5.0) ** 2, 10.0)
+    profiles, summary = line_profiles(labels, np.eye(4), values, ring_mm=3.0)
+    assert summary.loc[0, "ring_mean"] == pytest.approx(10.0)
+    assert summary.loc[0, "peak_to_valley_ratio"] == pytest.approx(1.6)
+    for direction in ("RL", "AP"):
+        prof = profiles[profiles["direction"] == direction].set_index("position_mm")
+        assert prof.loc[0.0, "value"] == pytest.approx(50.0)
+        assert (prof.loc[prof.index.to_numpy() > 5.0, "value"] == 10.0).all()
+        assert prof["inside"].sum() == 11  # -5..5 mm through the centre
+    # a flipped x axis: positions still increase towards world R
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
+    values_skew = values + np.where(labels > 0, grid[0], 0.0)  # higher at larger i (= left)
+    prof_f, _ = line_profiles(labels, flipped, values_skew)
+    rl = prof_f[(prof_f["direction"] == "RL") & prof_f["inside"]].set_index("position_mm")
+    assert rl.loc[-5.0, "value"] > rl.loc[5.0, "value"]  # left (i large) is negative R

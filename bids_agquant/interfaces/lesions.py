@@ -84,6 +84,8 @@ class _LesionTableOutputSpec(TraitedSpec):
     out_tsv = File(exists=True)
     out_json = File(exists=True, desc="BIDS data dictionary of the columns")
     controls_tsv = File(desc="healthy-tissue control regions (with normal_mask)")
+    profiles_tsv = File(exists=True, desc="right-left and anterior-posterior line profiles")
+    profiles_json = File(exists=True, desc="data dictionary of the profiles table")
     controls_json = File(desc="data dictionary of the controls table")
 
 
@@ -130,6 +132,7 @@ class LesionTable(SimpleInterface):
 
         if self.inputs.normal_mask:
             self._quality(runtime, table, labels, label_img.affine, maps)
+        self._profiles(runtime, table, labels, label_img.affine, maps["mass_mg_per_L"])
         # NaN for a placebo (dose 0) or when participants.tsv lacks the dose or weight.
         table["percent_injected_dose_per_g"] = percent_injected_dose_per_g(
             table["mass_mg_per_L_mean"].to_numpy(), self.inputs.dose_mg_per_kg,
@@ -147,6 +150,37 @@ class LesionTable(SimpleInterface):
         self._results["out_json"] = out_json
         return runtime
 
+    def _profiles(self, runtime, table, labels, affine, mass):
+        """Line profiles of the mass concentration (TSV) and their per-lesion summary."""
+        from ..lesions import line_profiles
+
+        profiles, summary = line_profiles(labels, affine, mass)
+        summary = summary.rename(columns={"ring_mean": "ring_mass_mg_per_L"})
+        for column in ("ring_mass_mg_per_L", "peak_to_valley_ratio"):
+            table[column] = table["lesion_id"].map(summary.set_index("lesion_id")[column])
+        profiles = profiles.rename(columns={"value": "mass_mg_per_L"})
+        profiles.insert(1, "timepoint", self.inputs.timepoint)
+        path = os.path.join(runtime.cwd, "profiles.tsv")
+        profiles.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+        dictionary = {
+            "lesion_id": {"LongName": "Lesion identifier"},
+            "timepoint": {"LongName": "Timepoint"},
+            "direction": {"LongName": "Profile direction", "Levels": {
+                "RL": "right-left, along the voxel axis closest to world R",
+                "AP": "anterior-posterior, along the voxel axis closest to world A"}},
+            "position_mm": {"LongName": "Position from the lesion centroid", "Units": "mm",
+                            "Description": "Positive towards right (RL) or anterior (AP)."},
+            "mass_mg_per_L": {"LongName": "Mass concentration", "Units": "mg/L",
+                              "Description": "Inside the lesion the map value; outside it "
+                                             "the mean of the 4 mm surrounding normal ring."},
+            "inside": {"LongName": "Inside the lesion"},
+        }
+        json_path = os.path.join(runtime.cwd, "profiles.json")
+        with open(json_path, "w") as handle:
+            json.dump(dictionary, handle, indent=2)
+        self._results["profiles_tsv"] = path
+        self._results["profiles_json"] = json_path
+
     def _quality(self, runtime, table, labels, affine, maps):
         """LoQ columns of the lesion table and the healthy-tissue control table."""
         from ..lesions import control_rois, lesion_intensity_stats, limit_of_quantification
@@ -161,6 +195,14 @@ class LesionTable(SimpleInterface):
         table["deltaR1_loq"] = loq
         if self.inputs.r1_per_mM_per_s:
             table["gd_mM_loq"] = loq / self.inputs.r1_per_mM_per_s
+        if "se_percent" in maps:
+            # SE of normal-appearing tissue: receive-bias changes and drift show up here;
+            # the normalised column subtracts it (recorded, the raw SE is kept).
+            se = maps["se_percent"]
+            reference = float(np.nanmedian(np.where(normal, se, np.nan))) if normal.any() \
+                else np.nan
+            table["se_percent_normal_tissue"] = reference
+            table["se_percent_mean_normalised"] = table["se_percent_mean"] - reference
         # The dedicated column: a mean below the LoQ is never a bare number.
         table["quantification"] = np.where(
             ~np.isfinite(loq), "n/a",

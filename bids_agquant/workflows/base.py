@@ -327,7 +327,10 @@ def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method
                        suffix="lesions", extension=".tsv", name=f"ds_lesions_{name}")
     ds_controls = ds_node(output_dir=out, plan=plan, timepoint=tp, desc=method,
                           suffix="controls", extension=".tsv", name=f"ds_controls_{name}")
+    ds_profiles = ds_node(output_dir=out, plan=plan, timepoint=tp, desc=method,
+                          suffix="profiles", extension=".tsv", name=f"ds_profiles_{name}")
     workflow.connect([
         (table, ds_table, [("out_tsv", "in_file"), ("out_json", "sidecar_file")]),
         (table, ds_controls, [("controls_tsv", "in_file"), ("controls_json", "sidecar_file")]),
+        (table, ds_profiles, [("profiles_tsv", "in_file"), ("profiles_json", "sidecar_file")]),
     ])
