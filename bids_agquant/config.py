@@ -213,6 +213,7 @@ class RunConfig:
     gd_per_particle: float | None = None
     molar_mass: float | None = None
     measurable_threshold_mm: float = 10.0
+    reference_dose_mg_per_kg: float = 100.0
     vfa_fit: str = "linear"
     inversion_efficiency: float | None = None
     run_uuid: str = ""

@@ -461,7 +461,7 @@ def analysis_rows(lesions: pd.DataFrame, participants: pd.DataFrame | None = Non
                        + " > ".join(METHOD_PREFERENCE), "measurable_only": measurable_only}
     rows = lesions
     if rows.empty or "timepoint" not in rows or "participant_id" not in rows:
-        rows = rows.iloc[0:0]
+        rows = pd.DataFrame(columns=["participant_id", "timepoint", "lesion_id"])
     elif timepoint in ("early", "late"):
         chosen = _pick_timepoints(rows, info, timepoint)
         rows = rows[rows["timepoint"] == rows["participant_id"].map(chosen)]
@@ -479,8 +479,10 @@ def analysis_rows(lesions: pd.DataFrame, participants: pd.DataFrame | None = Non
             rows = rows[_truthy(rows["measurable"])]
         else:
             selection["measurable_only"] = "requested, but no 'measurable' column: all lesions"
+    # participants.tsv is the authority on dose/agent: drop same-named lesion columns first.
+    rows = rows.drop(columns=[c for c in info.columns if c != "participant_id" and c in rows])
     rows = rows.merge(info, on="participant_id", how="left")
-    rows["arm"] = rows["arm"].fillna("unknown")
+    rows["arm"] = rows["arm"].astype(object).fillna("unknown")
     selection["timepoints_used"] = _counts(rows["timepoint"]) if "timepoint" in rows else {}
     if "t1_method" in rows:
         selection["t1_methods_used"] = _counts(rows["t1_method"].fillna("n/a"))
@@ -547,6 +549,7 @@ def dose_response(lesions: pd.DataFrame, participants: pd.DataFrame | None,
                         parameters=params, selection=selection, groups=groups)
     doses = [g["dose_mg_per_kg"] for g in groups]
     return {"analysis": name, "status": "ok", "parameters": params, "selection": selection,
+            "n_lesions": len(rows), "n_participants": int(rows["participant_id"].nunique()),
             "groups": groups, "fit": ols_fit(doses, [g["mean"] for g in groups]),
             "fit_patient_weighted": ols_fit(doses, [g["mean_patient_weighted"] for g in groups]),
             "assumptions": ["uptake linear in dose over the doses given",
@@ -803,7 +806,7 @@ def persistence_ratios(lesions: pd.DataFrame, participants: pd.DataFrame | None 
                        t1_method: str | None = None, se_column: str = "se_percent_mean",
                        concentration_column: str = "gd_mM_mean", measurable_only: bool = True,
                        se_concentration_slopes: Mapping[str, float] | None = None,
-                       upper_limit_units: str = "mg/L") -> dict:
+                       upper_limit_units: str = "mg/L", treated_only: bool = True) -> dict:
     """Late/early (default D8/D1) ratios per lesion and per participant, for SE and concentration.
 
     Lesions are matched on ``participant_id`` and ``lesion_id`` within one T1 method per
@@ -813,7 +816,8 @@ def persistence_ratios(lesions: pd.DataFrame, participants: pd.DataFrame | None 
     late concentration upper limit ``mean late SE / slope`` is added (NanoRad's ≤ 10 µM,
     intercept ignored as in the paper), in ``upper_limit_units`` (those of the slopes'
     concentration). Late lesions flagged ``gd_below_loq`` are counted. Each participant entry
-    carries its arm from participants.tsv (placebo ratios are noise over noise).
+    carries its arm from participants.tsv; placebo participants are left out unless
+    ``treated_only`` is False (their ratios are noise over noise).
     """
     name = "persistence"
     params = {"early_timepoint": early, "late_timepoint": late, "se_column": se_column,
@@ -825,6 +829,12 @@ def persistence_ratios(lesions: pd.DataFrame, participants: pd.DataFrame | None 
         return _skipped(name, paired, parameters=params, selection=selection)
     info = participant_info(participants)
     arms = dict(zip(info["participant_id"], info["arm"], strict=True))
+    params["treated_only"] = treated_only
+    if treated_only:
+        paired = paired[[arms.get(pid, "unknown") != "placebo" for pid in paired["participant_id"]]]
+        if paired.empty:
+            return _skipped(name, "only placebo participants have both timepoints",
+                            parameters=params, selection=selection)
     out = {"analysis": name, "status": "ok", "parameters": params, "selection": selection,
            "n_lesions_paired": len(paired)}
     for quantity, column in (("se", se_column), ("concentration", concentration_column)):
@@ -833,7 +843,9 @@ def persistence_ratios(lesions: pd.DataFrame, participants: pd.DataFrame | None 
             continue
         e, la = _numeric(paired, f"{column}_early"), _numeric(paired, f"{column}_late")
         ratios = pd.Series(persistence_ratio(la, e), index=paired.index)
-        out[quantity] = {"status": "ok", "lesion_ratio": _mean_sd_n(ratios),
+        # The median is given too: ratios to small early values are noisy and skew the mean.
+        out[quantity] = {"status": "ok", "lesion_ratio": {**_mean_sd_n(ratios),
+                                                          "median": float(ratios.median())},
                          "participants": _participant_persistence(paired, e, la, arms)}
     if "gd_below_loq_late" in paired:
         out["n_late_lesions_below_loq"] = int(_truthy(paired["gd_below_loq_late"]).sum())
@@ -947,9 +959,10 @@ def participant_summary(lesions: pd.DataFrame, participants: pd.DataFrame | None
     aggs = {"n_lesions": ("lesion_id", "size")}
     if "_measurable" in frame:
         aggs["n_measurable"] = ("_measurable", "sum")
-    aggs.update({out: (src, how) for out, src, how in present})
-    if "_measurable" in frame:
-        aggs["gd_mM_mean_of_measurable_lesion_means"] = ("_measurable_gd", "mean")
+    for out, src, how in present:
+        aggs[out] = (src, how)
+        if out == "gd_mM_mean_of_lesion_means" and "_measurable" in frame:
+            aggs["gd_mM_mean_of_measurable_lesion_means"] = ("_measurable_gd", "mean")
     if "_below_loq" in frame:
         aggs["n_lesions_below_loq"] = ("_below_loq", "sum")
     summary = frame.groupby(keys, sort=True).agg(**aggs).reset_index()

@@ -16,10 +16,12 @@ How it works
    the fraction of the pixel inside the ROI. Each contour stands for a slab of one slice
    spacing, so the ROI volume is Σ(area) × slice spacing.
 4. :func:`resample_fractions` resamples each ROI's fraction map onto the target BIDS image in
-   physical space (target voxel → RAS → LPS → planning voxel; trilinear), and
-   :func:`label_map` labels each target voxel with the ROI of largest fraction when that
-   fraction is ≥ 0.5 (one-hot linear + argmax, the "generic label" interpolation). Arrays are
-   never copied between grids.
+   physical space (target voxel → RAS → LPS → planning voxel; trilinear, the map being 0 but
+   still interpolated beyond the planning image's edges). :func:`label_map` then keeps, per
+   ROI, the N voxels of largest fraction, N being the ROI's volume over the target voxel
+   volume (rounded): a per-ROI inclusion threshold near 0.5 that preserves the volume; a voxel
+   kept by several ROIs goes to the one covering most of it (one-hot linear + argmax, as the
+   "generic label" interpolators do). Arrays are never copied between grids.
 
 The traps the public converters fall into (``shared/reference/rt-and-lesion-features.md`` §1)
 and how they are avoided here:
@@ -77,8 +79,9 @@ RASTERISATION_METHOD = (
     "series; each contour matched to one slice plane (all vertices within the slice "
     "tolerance); polygons of a slice filled with the even-odd rule (XOR) at {s}x{s} samples "
     "per pixel, each contour standing for one slice spacing; per-ROI fraction maps resampled "
-    "onto the target image in physical space (RAS -> LPS, trilinear) and labelled by the "
-    "largest fraction when it is >= 0.5"
+    "onto the target image in physical space (RAS -> LPS, trilinear); each ROI keeps the "
+    "round(volume / target voxel volume) voxels of largest fraction (volume-preserving "
+    "threshold, see InclusionThreshold), shared voxels going to the larger fraction"
 )
 
 
@@ -192,6 +195,7 @@ class ImportResult:
     n_voxels: list[int]
     slice_tolerance: float
     supersampling: int
+    thresholds: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def roi_table(self) -> list[dict]:
@@ -207,6 +211,8 @@ class ImportResult:
                 "VolumeReferencedSeries_ml": round(self.planning_volumes_ml[index - 1], 6),
                 "Volume_ml": round(self.volumes_ml[index - 1], 6),
                 "NumberOfVoxels": self.n_voxels[index - 1],
+                "InclusionThreshold": round(self.thresholds[index - 1], 4)
+                if self.thresholds else None,
             })
         return rows
 
@@ -663,7 +669,7 @@ def _even_odd_fraction(polygons: list[np.ndarray], shape: tuple[int, int],
 
 
 def rasterise_roi(roi: ROI, grid: ImageGrid, *, slice_axis: int | None = None,
-                  slice_tolerance: float = 0.25, supersampling: int = 4) -> np.ndarray:
+                  slice_tolerance: float = 0.25, supersampling: int = 5) -> np.ndarray:
     """Fraction (0–1) of each voxel of ``grid`` inside ``roi``.
 
     Parameters
@@ -753,7 +759,9 @@ def resample_fractions(fractions: np.ndarray, grid: ImageGrid, target_affine_ras
 
     Each target voxel centre goes RAS → LPS → continuous voxel index of ``grid``, where the
     fractions are interpolated trilinearly (0 outside ``grid``). Only the bounding box of the
-    ROI is computed.
+    ROI is computed. Beyond the edges of ``grid`` the map is 0 *and still interpolated*
+    (``grid-constant``), so a contour on the first or last slice keeps its half-slice slab and
+    one touching the image edge its outer half pixel.
 
     Parameters
     ----------
@@ -786,21 +794,54 @@ def resample_fractions(fractions: np.ndarray, grid: ImageGrid, target_affine_ras
     offset = target_to_grid[:3, :3] @ t_lo + target_to_grid[:3, 3]
     out[box] = ndi.affine_transform(
         fractions, target_to_grid[:3, :3], offset=offset, output_shape=tuple(t_hi - t_lo),
-        output=np.float32, order=1, mode="constant", cval=0.0, prefilter=False)
+        output=np.float32, order=1, mode="grid-constant", cval=0.0, prefilter=False)
     return out
 
 
-def label_map(resampled: list[np.ndarray], threshold: float = 0.5) -> np.ndarray:
+def label_map(resampled: list[np.ndarray], voxel_counts: list[int] | None = None,
+              threshold: float = 0.5) -> tuple[np.ndarray, list[float]]:
     """Integer labels 1..N from per-ROI fraction maps on one grid.
 
-    A voxel gets the label of its largest fraction when that fraction is ≥ ``threshold``
-    (ties go to the lower label), else 0. uint8 up to 255 ROIs, uint16 beyond.
+    Parameters
+    ----------
+    resampled : list of numpy.ndarray
+        Fraction maps (0–1) of the ROIs on the target grid.
+    voxel_counts : list of int, optional
+        Voxels each ROI should cover: its volume on the referenced series over the target
+        voxel volume, rounded. Each ROI then keeps that many voxels, those of largest
+        fraction: a per-ROI threshold close to 0.5 that preserves the volume. A fixed 0.5
+        threshold does not for small ROIs (a 12 mm disc centred on a pixel of a 0.9 × 1.3 mm
+        grid gains a symmetric ring of pixels: +4.6 %).
+    threshold : float
+        Fixed inclusion threshold, used when ``voxel_counts`` is None.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        0 background; a voxel kept by several ROIs goes to the one covering most of it (ties
+        to the lower label). uint8 up to 255 ROIs, uint16 beyond.
+    thresholds : list of float
+        Lowest fraction kept per ROI (the effective inclusion threshold).
     """
-    stack = np.stack(resampled)
-    best = np.argmax(stack, axis=0)
+    kept, thresholds = [], []
+    for index, fractions in enumerate(resampled):
+        if voxel_counts is None:
+            kept.append(fractions >= threshold)
+            thresholds.append(threshold)
+            continue
+        flat = fractions.ravel()
+        candidates = np.flatnonzero(flat > 0)
+        count = min(int(voxel_counts[index]), candidates.size)
+        mask = np.zeros(flat.size, dtype=bool)
+        # Stable sort: equal fractions are taken in array order, so the result is repeatable.
+        best = candidates[np.argsort(-flat[candidates], kind="stable")[:count]]
+        mask[best] = True
+        kept.append(mask.reshape(fractions.shape))
+        thresholds.append(float(flat[best[-1]]) if count else 1.0)
+    stack = np.stack([np.where(mask, f, -1.0) for mask, f in zip(kept, resampled, strict=True)])
     dtype = np.uint8 if len(resampled) < 256 else np.uint16
-    labels = np.where(np.max(stack, axis=0) >= threshold, best + 1, 0)
-    return labels.astype(dtype)
+    labels = np.where(np.max(stack, axis=0) > 0, np.argmax(stack, axis=0) + 1, 0)
+    return labels.astype(dtype), thresholds
 
 
 # --------------------------------------------------------------------------- checks
@@ -917,7 +958,7 @@ def load_referenced_grid(image_series, structure_set: StructureSet) -> ImageGrid
 
 
 def import_rtstruct(rtstruct, image_series, target_image, *, patterns=DEFAULT_PATTERNS,
-                    slice_tolerance: float = 0.25, supersampling: int = 4,
+                    slice_tolerance: float = 0.25, supersampling: int = 5,
                     max_overlap: float = 0.10) -> ImportResult:
     """Rasterise the GTV ROIs of an RTSTRUCT onto the grid of a target (BIDS) image.
 
@@ -978,15 +1019,22 @@ def import_rtstruct(rtstruct, image_series, target_image, *, patterns=DEFAULT_PA
         _check_inside_target(roi, grid, axis, target_affine, target_shape, target_image)
         planning_ml.append(float(fractions.sum(dtype=np.float64)) * planning_voxel_ml)
         resampled.append(resample_fractions(fractions, grid, target_affine, target_shape))
-    labels = label_map(resampled)
-    _check_overlaps(rois, resampled, max_overlap, notes)
-
-    counts = [int((labels == index).sum()) for index in range(1, len(rois) + 1)]
-    for roi, count in zip(rois, counts, strict=True):
+    wanted = [round(volume / target_voxel_ml) for volume in planning_ml]
+    for roi, volume, count in zip(rois, planning_ml, wanted, strict=True):
         if count == 0:
             raise InputError(f"{target_image}: ROI {roi.name!r} rasterises to no voxel of this "
-                             "image (smaller than half a voxel, or taken by another ROI)",
-                             EX_DATAERR)
+                             f"image ({volume * 1000:.2f} mm³, less than half a voxel of "
+                             f"{target_voxel_ml * 1000:.2f} mm³)", EX_DATAERR)
+    _check_overlaps(rois, resampled, max_overlap, notes)
+    labels, thresholds = label_map(resampled, wanted)
+    counts = [int((labels == index).sum()) for index in range(1, len(rois) + 1)]
+    for roi, count, threshold in zip(rois, counts, thresholds, strict=True):
+        if count == 0:
+            raise InputError(f"{target_image}: ROI {roi.name!r} rasterises to no voxel of this "
+                             "image (all of its voxels were taken by other ROIs)", EX_DATAERR)
+        if threshold < 0.25:
+            notes.append(f"ROI {roi.name!r} is thin for the target voxels: voxels covered down "
+                         f"to {threshold:.2f} were needed to keep its volume")
     return ImportResult(
         labels=labels,
         affine_ras=target_affine,
@@ -999,6 +1047,7 @@ def import_rtstruct(rtstruct, image_series, target_image, *, patterns=DEFAULT_PA
         n_voxels=counts,
         slice_tolerance=slice_tolerance,
         supersampling=supersampling,
+        thresholds=thresholds,
         notes=notes,
     )
 

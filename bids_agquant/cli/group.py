@@ -28,6 +28,7 @@ from ..group import (
     analysis_rows,
     combine_lesion_tables,
     paired_timepoint_rows,
+    participant_info,
     participant_summary,
     run_group_analyses,
 )
@@ -249,6 +250,7 @@ def _fig_size_vs_uptake(result, lesions, participants):
 def _fig_dose_normalised(result, lesions, participants):
     fig, axes = _figure(ncols=2, width=4.0)
     ref = result["parameters"]["reference_dose_mg_per_kg"]
+    fig.suptitle(f"Dose-normalised SE (treated lesions, reference {ref:g} mg/kg), mean ± SD")
     for ax, key, title in ((axes[0], "by_primary_tumor", "by primary tumour"),
                            (axes[1], "by_size_class", "by longest diameter")):
         ax.set_title(title)
@@ -270,6 +272,10 @@ def _fig_persistence(result, lesions, participants):
     p = result["parameters"]
     paired = paired_timepoint_rows(lesions, p["early_timepoint"], p["late_timepoint"],
                                    None, result["selection"]["measurable_only"] is True)[0]
+    if p["treated_only"] and participants is not None:
+        info = participant_info(participants)
+        arms = dict(zip(info["participant_id"], info["arm"], strict=True))
+        paired = paired[[arms.get(pid, "unknown") != "placebo" for pid in paired["participant_id"]]]
     fig, axes = _figure(ncols=2, width=4.0)
     for ax, quantity, column in ((axes[0], "se", p["se_column"]),
                                  (axes[1], "concentration", p["concentration_column"])):
@@ -281,10 +287,10 @@ def _fig_persistence(result, lesions, participants):
         early = paired[f"{column}_early"].to_numpy(dtype=float)
         late = paired[f"{column}_late"].to_numpy(dtype=float)
         ax.scatter(early, late, s=10, color="C4", alpha=0.6, label="lesions")
-        ratio = result[quantity]["lesion_ratio"]["mean"]
+        ratio = result[quantity]["lesion_ratio"]["median"]
         if math.isfinite(ratio):
             xs = np.array([0.0, np.nanmax(early)])
-            ax.plot(xs, ratio * xs, color="C4", label=f"mean lesion ratio {ratio:.2f}")
+            ax.plot(xs, ratio * xs, color="C4", label=f"median lesion ratio {ratio:.2f}")
         ax.set_xlabel(f"{column} at {p['early_timepoint']}")
         ax.set_ylabel(f"{column} at {p['late_timepoint']}")
         ax.legend(fontsize=7)

@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Gd ions per particle/molecule; overrides the preset")
     sci.add_argument("--molar-mass", type=float, default=None, metavar="G_PER_MOL",
                      help="particle/molecule molar mass, g/mol; overrides the preset")
+    sci.add_argument("--reference-dose", type=float, default=100.0, metavar="MG_PER_KG",
+                     help="group level: dose (mg/kg) that signal enhancement is normalised to")
     sci.add_argument("--measurable-threshold-mm", type=float, default=10.0,
                      help="longest diameter (mm) at or above which a lesion is measurable")
 

@@ -66,6 +66,7 @@ def _config_from_opts(opts) -> RunConfig:
         gd_per_particle=opts.gd_per_particle,
         molar_mass=opts.molar_mass,
         measurable_threshold_mm=opts.measurable_threshold_mm,
+        reference_dose_mg_per_kg=opts.reference_dose,
         vfa_fit=opts.vfa_fit,
         inversion_efficiency=opts.inversion_efficiency,
         run_uuid=run_uuid,
@@ -208,7 +209,8 @@ def run_group(config: RunConfig) -> int:
         raise InputError(f"{config.output_dir}: no participant-level results to gather "
                          "(run the participant level first)", EX_NOINPUT)
     written = write_group_outputs(config.output_dir, config.bids_dir,
-                                  participant_label=config.participant_label or None)
+                                  participant_label=config.participant_label or None,
+                                  reference_dose_mg_per_kg=config.reference_dose_mg_per_kg)
     for path in written:
         LOGGER.info("wrote %s", path)
     return 0
