@@ -627,7 +627,7 @@ def find_slice_axis(rois, grid: ImageGrid, slice_tolerance: float = 0.25) -> int
 
 
 def _even_odd_fraction(polygons: list[np.ndarray], shape: tuple[int, int],
-                       samples: int) -> np.ndarray:
+                       samples: int) -> tuple[np.ndarray, np.ndarray]:
     """Fraction of each pixel of a 2-D grid inside ``polygons`` under the even–odd rule.
 
     Parameters
@@ -641,13 +641,19 @@ def _even_odd_fraction(polygons: list[np.ndarray], shape: tuple[int, int],
         Pixels along (axis 0, axis 1).
     samples : int
         Samples per pixel along each axis (``samples``² per pixel).
+
+    Returns
+    -------
+    fractions : numpy.ndarray
+        float32 over the polygons' bounding box of pixels.
+    first : numpy.ndarray
+        Index of that box's first pixel.
     """
     points = np.concatenate(polygons)
     lo = np.maximum(np.floor(points.min(axis=0) + 0.5).astype(int), 0)
     hi = np.minimum(np.floor(points.max(axis=0) + 0.5).astype(int) + 1, shape)
-    out = np.zeros(shape, dtype=np.float32)
     if np.any(hi <= lo):
-        return out
+        return np.zeros((0, 0), dtype=np.float32), lo
     starts = points
     ends = np.concatenate([np.roll(p, -1, axis=0) for p in polygons])  # closing edge included
     offsets = (np.arange(samples) + 0.5) / samples - 0.5
@@ -664,8 +670,7 @@ def _even_odd_fraction(polygons: list[np.ndarray], shape: tuple[int, int],
         crossings = np.sort(x_cross[row, crosses[row]])
         inside[:, row] = np.searchsorted(crossings, xs, side="right") % 2 == 1
     counts = inside.reshape(hi[0] - lo[0], samples, hi[1] - lo[1], samples)
-    out[lo[0]:hi[0], lo[1]:hi[1]] = counts.mean(axis=(1, 3))
-    return out
+    return counts.mean(axis=(1, 3), dtype=np.float32), lo
 
 
 def rasterise_roi(roi: ROI, grid: ImageGrid, *, slice_axis: int | None = None,
@@ -696,20 +701,22 @@ def rasterise_roi(roi: ROI, grid: ImageGrid, *, slice_axis: int | None = None,
         65: no closed contour, a contour off the slice planes or outside the image, or
         nothing rasterised.
     """
-    closed = _closed_contours(roi)
-    if not closed:
-        raise InputError(f"{grid.source}: ROI {roi.name!r} (number {roi.number}) has no closed "
-                         "planar contour; it would rasterise to nothing", EX_DATAERR)
-    if len(closed) < len(roi.contours):
-        LOGGER.warning("ROI %r: %d contour(s) that enclose no area (POINT, OPEN_* or fewer than "
-                       "3 points) ignored", roi.name, len(roi.contours) - len(closed))
-    axis = slice_axis if slice_axis is not None else find_slice_axis([roi], grid,
-                                                                    slice_tolerance)
+    box, first = _rasterise(roi, grid, slice_axis, slice_tolerance, supersampling)
+    fractions = np.zeros(grid.shape, dtype=np.float32)
+    fractions[tuple(slice(int(a), int(a) + n) for a, n in zip(first, box.shape, strict=True))] \
+        = box
+    return fractions
+
+
+def _slice_polygons(roi: ROI, grid: ImageGrid, axis: int,
+                    slice_tolerance: float) -> dict[int, list[np.ndarray]]:
+    """In-plane continuous indices of each closed contour, grouped by the slice it lies on;
+    checks that every vertex is on that slice plane and inside the image."""
     plane = [a for a in range(3) if a != axis]
     shape = np.asarray(grid.shape)
     spacing = grid.spacing_mm
     per_slice: dict[int, list[np.ndarray]] = {}
-    for contour in closed:
+    for contour in _closed_contours(roi):
         index = grid.to_index(contour.points_lps)
         k = int(np.rint(index[:, axis].mean()))
         off = np.abs(index[:, axis] - k).max()
@@ -731,18 +738,44 @@ def rasterise_roi(roi: ROI, grid: ImageGrid, *, slice_axis: int | None = None,
                              f"({shape[plane[0]]}x{shape[plane[1]]} voxels in-plane)",
                              EX_DATAERR)
         per_slice.setdefault(k, []).append(inplane)
+    return per_slice
 
-    fractions = np.zeros(grid.shape, dtype=np.float32)
-    for k, polygons in per_slice.items():
-        fraction = _even_odd_fraction(polygons, (int(shape[plane[0]]), int(shape[plane[1]])),
-                                      supersampling)
-        index = [slice(None)] * 3
-        index[axis] = k
-        fractions[tuple(index)] = fraction
+
+def _rasterise(roi: ROI, grid: ImageGrid, slice_axis: int | None, slice_tolerance: float,
+               supersampling: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rasterise_roi` over the ROI's bounding box only (a planning CT is large):
+    returns the box and the grid index of its first voxel."""
+    closed = _closed_contours(roi)
+    if not closed:
+        raise InputError(f"{grid.source}: ROI {roi.name!r} (number {roi.number}) has no closed "
+                         "planar contour; it would rasterise to nothing", EX_DATAERR)
+    if len(closed) < len(roi.contours):
+        LOGGER.warning("ROI %r: %d contour(s) that enclose no area (POINT, OPEN_* or fewer than "
+                       "3 points) ignored", roi.name, len(roi.contours) - len(closed))
+    axis = slice_axis if slice_axis is not None else find_slice_axis([roi], grid,
+                                                                    slice_tolerance)
+    plane = [a for a in range(3) if a != axis]
+    plane_shape = (int(grid.shape[plane[0]]), int(grid.shape[plane[1]]))
+    filled = {k: _even_odd_fraction(polygons, plane_shape, supersampling)
+              for k, polygons in _slice_polygons(roi, grid, axis, slice_tolerance).items()}
+    lo = np.min([first for _box, first in filled.values()], axis=0)
+    hi = np.max([first + box.shape for box, first in filled.values()], axis=0)
+    ks = sorted(filled)
+    first = np.zeros(3, dtype=int)
+    first[axis], first[plane] = ks[0], lo
+    size = np.zeros(3, dtype=int)
+    size[axis], size[plane] = ks[-1] - ks[0] + 1, np.maximum(hi - lo, 0)
+    fractions = np.zeros(tuple(size), dtype=np.float32)
+    for k, (box, start) in filled.items():
+        index: list = [slice(None)] * 3
+        index[axis] = k - ks[0]
+        index[plane[0]] = slice(int(start[0] - lo[0]), int(start[0] - lo[0] + box.shape[0]))
+        index[plane[1]] = slice(int(start[1] - lo[1]), int(start[1] - lo[1] + box.shape[1]))
+        fractions[tuple(index)] = box
     if not fractions.any():
         raise InputError(f"{grid.source}: ROI {roi.name!r} (number {roi.number}) rasterises to "
                          "nothing (its contours enclose no pixel sample)", EX_DATAERR)
-    return fractions
+    return fractions, first
 
 
 def _slab_points(roi: ROI, grid: ImageGrid, axis: int) -> np.ndarray:
@@ -754,7 +787,7 @@ def _slab_points(roi: ROI, grid: ImageGrid, axis: int) -> np.ndarray:
 
 
 def resample_fractions(fractions: np.ndarray, grid: ImageGrid, target_affine_ras: np.ndarray,
-                       target_shape) -> np.ndarray:
+                       target_shape, first=(0, 0, 0)) -> np.ndarray:
     """Resample a fraction map from ``grid`` onto a target grid in physical space.
 
     Each target voxel centre goes RAS → LPS → continuous voxel index of ``grid``, where the
@@ -771,11 +804,16 @@ def resample_fractions(fractions: np.ndarray, grid: ImageGrid, target_affine_ras
     target_affine_ras : numpy.ndarray
         4×4 voxel → RAS mm matrix of the target (a NIfTI affine).
     target_shape : tuple of int
+    first : sequence of int
+        Grid index of ``fractions[0, 0, 0]`` when ``fractions`` is a box of the grid.
     """
     from scipy import ndimage as ndi
 
     target_shape = tuple(int(n) for n in target_shape)
-    target_to_grid = np.linalg.inv(grid.affine_lps) @ LPS_TO_RAS @ target_affine_ras
+    box_to_grid = np.eye(4)
+    box_to_grid[:3, 3] = first
+    target_to_box = (np.linalg.inv(box_to_grid) @ np.linalg.inv(grid.affine_lps) @ LPS_TO_RAS
+                     @ target_affine_ras)
     out = np.zeros(target_shape, dtype=np.float32)
     nonzero = np.argwhere(fractions > 0)
     if nonzero.size == 0:
@@ -784,16 +822,16 @@ def resample_fractions(fractions: np.ndarray, grid: ImageGrid, target_affine_ras
     lo, hi = nonzero.min(axis=0) - 1, nonzero.max(axis=0) + 1
     corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
                         for c in (lo[2], hi[2])], dtype=np.float64)
-    grid_to_target = np.linalg.inv(target_to_grid)
-    in_target = corners @ grid_to_target[:3, :3].T + grid_to_target[:3, 3]
+    box_to_target = np.linalg.inv(target_to_box)
+    in_target = corners @ box_to_target[:3, :3].T + box_to_target[:3, 3]
     t_lo = np.clip(np.floor(in_target.min(axis=0)).astype(int) - 1, 0, target_shape)
     t_hi = np.clip(np.ceil(in_target.max(axis=0)).astype(int) + 2, 0, target_shape)
     if np.any(t_hi <= t_lo):
         return out
     box = tuple(slice(int(a), int(b)) for a, b in zip(t_lo, t_hi, strict=True))
-    offset = target_to_grid[:3, :3] @ t_lo + target_to_grid[:3, 3]
+    offset = target_to_box[:3, :3] @ t_lo + target_to_box[:3, 3]
     out[box] = ndi.affine_transform(
-        fractions, target_to_grid[:3, :3], offset=offset, output_shape=tuple(t_hi - t_lo),
+        fractions, target_to_box[:3, :3], offset=offset, output_shape=tuple(t_hi - t_lo),
         output=np.float32, order=1, mode="grid-constant", cval=0.0, prefilter=False)
     return out
 
@@ -1014,11 +1052,10 @@ def import_rtstruct(rtstruct, image_series, target_image, *, patterns=DEFAULT_PA
     planning_ml, resampled = [], []
     for roi in rois:
         _check_contour_images(roi, grid, notes)
-        fractions = rasterise_roi(roi, grid, slice_axis=axis, slice_tolerance=slice_tolerance,
-                                  supersampling=supersampling)
+        fractions, first = _rasterise(roi, grid, axis, slice_tolerance, supersampling)
         _check_inside_target(roi, grid, axis, target_affine, target_shape, target_image)
         planning_ml.append(float(fractions.sum(dtype=np.float64)) * planning_voxel_ml)
-        resampled.append(resample_fractions(fractions, grid, target_affine, target_shape))
+        resampled.append(resample_fractions(fractions, grid, target_affine, target_shape, first))
     wanted = [round(volume / target_voxel_ml) for volume in planning_ml]
     for roi, volume, count in zip(rois, planning_ml, wanted, strict=True):
         if count == 0:

@@ -162,6 +162,20 @@ class Disc:
     def area(self) -> float:
         return 0.5 * N_VERTICES * self.r ** 2 * math.sin(2 * np.pi / N_VERTICES)
 
+    def lps(self, series: Series) -> np.ndarray:
+        return series.point(self.k, *self.uv()) + series.normal * self.dz
+
+
+@dataclass
+class Polygon:
+    """Any closed contour on slice k, vertices given in LPS mm."""
+
+    k: int
+    points: np.ndarray
+
+    def lps(self, series: Series) -> np.ndarray:
+        return self.points
+
 
 def ring(k_range, u, v, r_out, r_in) -> list[Disc]:
     return [d for k in k_range for d in (Disc(k, u, v, r_out), Disc(k, u, v, r_in, -1))]
@@ -171,7 +185,7 @@ def stack(k_range, u, v, r) -> list[Disc]:
     return [Disc(k, u, v, r) for k in k_range]
 
 
-def write_rtstruct(path: Path, series: Series, rois: dict[str, list[Disc]], *,
+def write_rtstruct(path: Path, series: Series, rois: dict[str, list[Disc | Polygon]], *,
                    frame_uid: str | None = None, series_uid: str | None = None,
                    empty: tuple[str, ...] = ()) -> str:
     """An RTSTRUCT whose ROIs (numbered 1.. in dict order) are the given polygons; ``empty``
@@ -225,13 +239,12 @@ def write_rtstruct(path: Path, series: Series, rois: dict[str, list[Disc]], *,
         roi_contour.ROIDisplayColor = [255, 0, 0]
         if name in rois:
             roi_contour.ContourSequence = Sequence()
-            for disc in rois[name]:
-                u, v = disc.uv()
-                points = series.point(disc.k, u, v) + series.normal * disc.dz
+            for shape in rois[name]:
+                points = shape.lps(series)
                 contour = Dataset()
                 image = Dataset()
                 image.ReferencedSOPClassUID = MR_STORAGE
-                image.ReferencedSOPInstanceUID = series.sop_uids[disc.k]
+                image.ReferencedSOPInstanceUID = series.sop_uids[shape.k]
                 contour.ContourImageSequence = Sequence([image])
                 contour.ContourGeometricType = "CLOSED_PLANAR"
                 contour.NumberOfContourPoints = len(points)
@@ -468,6 +481,28 @@ def test_image_series_given_as_nifti(nonsquare):
     assert any("assumed to be the referenced series" in note for note in result.notes)
 
 
+def test_nifti_series_with_slices_along_its_first_axis(nonsquare, tmp_path):
+    """A reoriented NIfTI of the series (slices along axis 0): the slice axis is found from
+    the contours."""
+    series = nonsquare["series"]
+    permuted = series.dcm2niix_affine_ras()[:, [2, 0, 1, 3]]  # voxel (k, i, j)
+    nifti = write_nifti(tmp_path / "sagittal_order.nii.gz",
+                        (series.slices, series.cols, series.rows), permuted)
+    result = import_rtstruct(nonsquare["rtstruct"], nifti, nonsquare["iso"])
+    check_rois(result, series, nonsquare["rois"])
+
+
+def test_contour_image_reference_disagreeing_with_geometry_is_noted(nonsquare, tmp_path):
+    """The geometry decides; a ContourImageSequence naming another slice is reported."""
+    series = nonsquare["series"]
+    disc = Disc(6, 50.0, 50.0, 5.0)
+    rtstruct = tmp_path / "RS.dcm"
+    write_rtstruct(rtstruct, series, {"GTV1": [Polygon(7, disc.lps(series))]})  # UID of 7
+    result = import_rtstruct(rtstruct, series.folder, nonsquare["native"])
+    assert any("reference an image other than" in note for note in result.notes)
+    check_rois(result, series, {"GTV1": [disc]})
+
+
 @pytest.mark.parametrize("target", ["native", "iso"])
 def test_oblique_series(oblique, target):
     result = import_rtstruct(oblique["rtstruct"], oblique["series"].folder, oblique[target])
@@ -689,6 +724,7 @@ def test_cli_exit_codes(small_bids, nonsquare, tmp_path):
     assert import_main([str(source / "RS.dcm"), "--image-series", str(source / "mr"),
                         "--bids-dir", str(small_bids), "--participant-label", "01"]) == 64
     assert _cli(small_bids, "--session-label", "02") == 66  # no such session
+    assert _cli(small_bids, "--bids-dir", str(tmp_path)) == 66  # not a BIDS dataset
     assert _cli(small_bids, "--roi", "*CTV*") == 66
     assert _cli(small_bids, "--roi", "re:(") == 64
     # No T1w with that ce- entity.
@@ -713,9 +749,136 @@ def test_console_script_is_installed(tmp_path):
         pytest.skip("package not installed in this environment (pip install -e .)")
     bids = tmp_path / "bids"
     (bids / "sub-01").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
     proc = subprocess.run([str(script), str(tmp_path / "absent.dcm"), "--image-series",
                            str(tmp_path), "--bids-dir", str(bids), "--participant-label", "01",
                            "--target-image", str(tmp_path / "absent.nii.gz")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 66, proc.stderr
     assert "absent.nii.gz: target image not found" in proc.stderr
+
+
+# --------------------------------------------------------------------------- pipeline
+def _series_from_nifti(path: Path, folder: Path) -> Series:
+    """The NIfTI written as a DICOM series with the usual axial IOP [1,0,0, 0,1,0]: columns
+    run right→left and rows anterior→posterior, i.e. both NIfTI in-plane axes reversed."""
+    img = nb.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    ni, nj, nk = data.shape
+    voxel = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    assert np.allclose(img.affine[:3, :3], np.diag(voxel)), "expects an axis-aligned RAS image"
+    origin_lps = (LPS_TO_RAS @ img.affine @ [ni - 1, nj - 1, 0, 1])[:3]
+    scaled = np.rint(4000.0 * data / max(float(data.max()), 1e-9)).clip(0, 65535)
+    # pixel[row r, column c] of slice k = data[ni-1-c, nj-1-r, k]
+    pixels = np.stack([scaled[::-1, ::-1, k].T for k in range(nk)])
+    return write_series(folder, rows=nj, cols=ni, slices=nk,
+                        pixel_spacing=(voxel[1], voxel[0]), slice_spacing=voxel[2],
+                        origin=origin_lps, pixels=pixels)
+
+
+def _ellipsoid_sections(series: Series, center, semi_axes, rotation, n_points=128):
+    """Cross-sections of an ellipsoid (object = scanner RAS mm; columns of ``rotation`` are its
+    axes) with the axial slice planes of ``series``, as LPS polygons."""
+    center, semi_axes, rotation = (np.asarray(a, dtype=float) for a in
+                                   (center, semi_axes, rotation))
+    quad = rotation @ np.diag(1.0 / semi_axes ** 2) @ rotation.T
+    quad_xy, cross, quad_zz = quad[:2, :2], quad[:2, 2], quad[2, 2]
+    inv_xy = np.linalg.inv(quad_xy)
+    eigval, eigvec = np.linalg.eigh(quad_xy)
+    theta = 2 * np.pi * np.arange(n_points) / n_points
+    circle = np.vstack([np.cos(theta), np.sin(theta)])
+    sections = []
+    for k in range(series.slices):
+        z = series.point(k, 0.0, 0.0)[2]  # axial: LPS z = RAS z
+        t = z - center[2]
+        scale = 1.0 - t * t * (quad_zz - cross @ inv_xy @ cross)
+        if scale <= 0:
+            continue
+        middle = center[:2] - t * inv_xy @ cross
+        xy = middle[:, None] + eigvec @ (np.sqrt(scale / eigval)[:, None] * circle)
+        ras = np.vstack([xy, np.full(n_points, z)]).T
+        sections.append(Polygon(k, ras * np.array([-1.0, -1.0, 1.0])))
+    return sections
+
+
+def _lesions(out: Path, label: str = "ses-D1") -> pd.DataFrame:
+    anat = out / "sub-01" / label / "anat"
+    tables = [pd.read_csv(anat / f"sub-01_{label}_desc-{m}_lesions.tsv", sep="\t")
+              for m in ("vfa", "mp2rage") if (anat / f"sub-01_{label}_desc-{m}_lesions.tsv")
+              .exists()]
+    return pd.concat(tables).set_index(["t1_method", "lesion_id"]).sort_index()
+
+
+@pytest.mark.slow
+def test_imported_contours_reproduce_the_pipeline_results(dro2mm, tmp_path):
+    """D0 T1w of the reference dataset → DICOM series; its analytic lesion ellipsoids → an
+    RTSTRUCT; imported; the participant run gives the per-lesion results of the dataset's own
+    contours (which are the same ellipsoids sampled at voxel centres)."""
+    from bids_agquant.cli.run import main as run_main
+
+    t1w = dro2mm.bids_dir / "sub-01" / "ses-D0" / "anat" / "sub-01_ses-D0_T1w.nii.gz"
+    series = _series_from_nifti(t1w, tmp_path / "dicom")
+    reference = nb.load(t1w)
+    # Same space, in-plane axes reversed (as a scanner's axial series is against a RAS NIfTI).
+    reverse = np.diag([-1.0, -1.0, 1.0, 1.0])
+    reverse[:2, 3] = np.asarray(reference.shape[:2]) - 1
+    grid = read_dicom_series(series.folder)
+    np.testing.assert_allclose(grid.affine_ras, reference.affine @ reverse, atol=1e-6)
+    truth = json.loads((dro2mm.truth_dir / "truth.json").read_text())
+    lesions = truth["participants_detail"]["sub-01"]["lesions"]
+    rois = {f"GTV{les['label']}": _ellipsoid_sections(series, les["center_mm"],
+                                                      les["semi_axes_mm"], les["axes_rotation"])
+            for les in lesions}
+    rois["Brainstem"] = stack([40], 90.0, 110.0, 6.0)  # not a GTV: must not be imported
+    write_rtstruct(tmp_path / "RS.dcm", series, rois)
+    imported = tmp_path / "contours"
+    assert import_main([str(tmp_path / "RS.dcm"), "--image-series", str(series.folder),
+                        "--bids-dir", str(dro2mm.bids_dir), "--participant-label", "01",
+                        "--session-label", "D0", "--output", str(imported)]) == 0
+
+    # The label maps agree but for voxels that straddle the ellipsoid surface.
+    original_img = nb.load(dro2mm.contours_dir / "sub-01" / "ses-D0" / "anat"
+                           / "sub-01_ses-D0_desc-GTV_dseg.nii.gz")
+    original = np.asarray(original_img.dataobj)
+    new = np.asarray(nb.load(imported / "sub-01" / "ses-D0" / "anat"
+                             / "sub-01_ses-D0_desc-GTV_dseg.nii.gz").dataobj)
+    assert sorted(np.unique(new)) == sorted(np.unique(original)) == [0, 1, 2, 3]
+    ijk = np.indices(original.shape).reshape(3, -1)
+    ras = reference.affine[:3, :3] @ ijk + reference.affine[:3, 3:4]
+    half_diagonal = 0.5 * np.sqrt((reference.affine[:3, :3] ** 2).sum())
+    partial = np.zeros(original.size, dtype=bool)
+    for les in lesions:
+        local = np.asarray(les["axes_rotation"]).T @ (ras - np.asarray(les["center_mm"])[:, None])
+        rho = np.sqrt(((local / np.asarray(les["semi_axes_mm"])[:, None]) ** 2).sum(axis=0))
+        # Distance to the surface is at least |rho - 1| times the shortest semi-axis.
+        partial |= np.abs(rho - 1.0) * min(les["semi_axes_mm"]) < half_diagonal
+    differ = original.ravel() != new.ravel()
+    assert not (differ & ~partial).any()
+
+    runs = {}
+    work = tmp_path / "work"  # shared: the second run only redoes the contour-dependent steps
+    for name, contours in (("original", dro2mm.contours_dir), ("imported", imported)):
+        out = tmp_path / f"out-{name}"
+        code = run_main([str(dro2mm.bids_dir), str(out), "participant", "--participant-label",
+                         "01", "--session-label", "D1", "--contours", str(contours),
+                         "--skip-bids-validation", "-w", str(work), "--sloppy"])
+        assert code == 0
+        runs[name] = _lesions(out)
+    truth = pd.read_csv(dro2mm.truth_dir / "lesions.tsv", sep="\t")
+    truth = truth[(truth["participant_id"] == "sub-01") & (truth["timepoint"] == "ses-D1")]
+    true_gd = dict(zip(truth["lesion_id"], truth["gd_mM_mean"], strict=True))
+    original_tab, imported_tab = runs["original"], runs["imported"]
+    assert list(imported_tab.index) == list(original_tab.index)
+    assert {label for _method, label in original_tab.index} == {1, 2, 3}
+    for key, row in original_tab.iterrows():
+        new_row = imported_tab.loc[key]
+        label = key[1]
+        assert new_row["n_voxels"] == (new == label).sum(), key  # the imported map, unchanged
+        assert row["n_voxels"] == (original == label).sum(), key
+        band = int((partial & ((original.ravel() == label) | (new.ravel() == label))).sum())
+        assert abs(new_row["n_voxels"] - row["n_voxels"]) <= band, key
+        # Same mean Gd as with the dataset's own contours, and as accurate against the truth
+        # (test_end_to_end's criterion).
+        assert abs(new_row["gd_mM_mean"] - row["gd_mM_mean"]) <= max(
+            0.005, 0.05 * abs(row["gd_mM_mean"])), (key, new_row["gd_mM_mean"], row["gd_mM_mean"])
+        assert abs(new_row["gd_mM_mean"] - true_gd[label]) <= max(0.005, 0.10 * true_gd[label])

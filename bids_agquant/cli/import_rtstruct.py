@@ -266,8 +266,9 @@ def import_to_contours_dataset(rtstruct, image_series, bids_dir, participant: st
     """
     bids_dir = Path(bids_dir).absolute()
     rtstruct, image_series = Path(rtstruct).absolute(), Path(image_series).absolute()
-    if not bids_dir.is_dir():
-        raise InputError(f"{bids_dir}: BIDS directory not found", EX_NOINPUT)
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise InputError(f"{bids_dir / 'dataset_description.json'}: missing; is this the root "
+                         "of a BIDS dataset?", EX_NOINPUT)
     output = Path(output_dir).absolute() if output_dir else bids_dir / "derivatives" / "contours"
     _check_output(output, bids_dir)
     if target_image is None:
