@@ -316,12 +316,15 @@ def combine_lesion_tables(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     ----------
     tables : dict
         ``participant_id`` (``sub-<label>``) → that participant's lesion rows (any number of
-        timepoints).
+        timepoints). A ``quantification`` column (``<LoQ`` / ``quantified``) also gives the
+        boolean ``gd_below_loq`` the analyses count.
     """
     frames = []
     for participant_id, table in sorted(tables.items()):
         frame = table.drop(columns=["participant_id"], errors="ignore")
         frame.insert(0, "participant_id", participant_id)
+        if "quantification" in frame and "gd_below_loq" not in frame:
+            frame["gd_below_loq"] = frame["quantification"].astype(str) == "<LoQ"
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["participant_id", "timepoint", "lesion_id"])

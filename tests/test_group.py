@@ -548,3 +548,12 @@ def test_write_group_outputs_labels_reference_dose_and_stale_figures(tmp_path):
     assert {"dose_response", "dose_normalised_se"} <= set(stats["skipped"])
     assert not (out / FIGURE_DIR / "dose_response.svg").exists()
     assert (out / FIGURE_DIR / "inference_suspected_placebo_kmeans.svg").exists()
+
+
+def test_combine_derives_below_loq_from_the_quantification_column():
+    from bids_agquant.group import combine_lesion_tables
+
+    table = pd.DataFrame({"timepoint": ["ses-D8"] * 2, "lesion_id": [1, 2],
+                          "quantification": ["<LoQ", "quantified"]})
+    combined = combine_lesion_tables({"sub-01": table})
+    assert combined["gd_below_loq"].tolist() == [True, False]
