@@ -664,6 +664,7 @@ BIDSIGNORE = [
     "*_lesions.*",
     "*_controls.*",
     "*_profiles.*",
+    "*_persistence.*",
     "group_*",
 ]
 

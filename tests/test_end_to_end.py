@@ -289,3 +289,16 @@ def test_failed_node_exits_1_with_crash_file(demo, tmp_path):
     crashes = list((out / "sub-01" / "log").glob("*/crash-*.txt"))
     assert crashes and "must share one grid" in crashes[0].read_text()
     assert (out / "dataset_description.json").is_file()
+
+
+def test_persistence_ratios_match_truth(demo):
+    truth = _truth_lesions(demo)
+    rows = truth[truth["participant_id"] == "sub-01"].set_index(["timepoint", "lesion_id"])
+    for method in ("vfa", "mp2rage"):
+        table = pd.read_csv(_anat(demo, "sub-01", "ses-D8")
+                            / f"sub-01_ses-D8_desc-{method}_persistence.tsv", sep="\t")
+        assert set(table["early_timepoint"]) == {"ses-D1"}
+        for _, row in table.iterrows():
+            expected = (rows.loc[("ses-D8", row["lesion_id"]), "gd_mM_mean"]
+                        / rows.loc[("ses-D1", row["lesion_id"]), "gd_mM_mean"])
+            assert abs(row["gd_mM_mean_ratio"] - expected) < 0.03, (method, row["lesion_id"])

@@ -508,3 +508,23 @@ def test_line_profiles_central_minimum_and_ring_baseline():
     prof_f, _ = line_profiles(labels, flipped, values_skew)
     rl = prof_f[(prof_f["direction"] == "RL") & prof_f["inside"]].set_index("position_mm")
     assert rl.loc[-5.0, "value"] > rl.loc[5.0, "value"]  # left (i large) is negative R
+
+
+def test_persistence_table_ratios_reproduce_nanorad():
+    """T13: D8/D1 SE ratios 32.4/175.8 = 0.18, 14/58.3 = 0.24, 26.3/154.1 = 0.17."""
+    from bids_agquant.lesions import persistence_table
+
+    early = pd.DataFrame({"lesion_id": [13, 14, 15, 16], "timepoint": "ses-D1",
+                          "se_percent_mean": [175.8, 58.3, 154.1, 0.0],
+                          "gd_mM_mean": [0.0575, 0.0203, 0.0295, -0.001]})
+    late = pd.DataFrame({"lesion_id": [16, 15, 14, 13], "timepoint": "ses-D8",
+                         "se_percent_mean": [1.0, 26.3, 14.0, 32.4],
+                         "gd_mM_mean": [0.0, 0.003, 0.002, 0.01],
+                         "quantification": ["<LoQ", "<LoQ", "<LoQ", "quantified"]})
+    table = persistence_table(early, late).set_index("lesion_id")
+    np.testing.assert_allclose(table.loc[[13, 14, 15], "se_percent_mean_ratio"],
+                               [0.18, 0.24, 0.17], atol=0.005)
+    assert np.isnan(table.loc[16, "se_percent_mean_ratio"])  # early <= 0: no ratio
+    assert np.isnan(table.loc[16, "gd_mM_mean_ratio"])
+    assert table.loc[13, "late_quantification"] == "quantified"
+    assert "mass_mg_per_L_mean_ratio" not in table  # absent from both: skipped

@@ -32,6 +32,8 @@ def test_full_plan_wires_every_timepoint(dro2mm, tmp_path):
         for node in (f"reg_{tp}_to_ref_wf.register", f"contours_to_{tp}",
                      f"ds_enhancement_{tp}"):
             assert node in names
+    assert {"persistence_vfa_D8", "persistence_mp2rage_D8"} <= names  # D8 against D1
+    assert not any(name.startswith("persistence") and "D1" in name for name in names)
 
 
 def test_same_session_pre_post_plan(dro2mm, tmp_path):

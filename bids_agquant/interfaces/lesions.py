@@ -241,3 +241,49 @@ class LesionTable(SimpleInterface):
             json.dump(full, handle, indent=2)
         self._results["controls_tsv"] = path
         self._results["controls_json"] = json_path
+
+
+class _PersistenceInputSpec(BaseInterfaceInputSpec):
+    early = File(exists=True, mandatory=True, desc="lesion table of the early timepoint")
+    late = File(exists=True, mandatory=True, desc="lesion table of the late timepoint")
+
+
+class _PersistenceOutputSpec(TraitedSpec):
+    out_tsv = File(exists=True)
+    out_json = File(exists=True)
+
+
+class Persistence(SimpleInterface):
+    """Late/early ratios per lesion (``lesions.persistence_table``)."""
+
+    input_spec = _PersistenceInputSpec
+    output_spec = _PersistenceOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..lesions import persistence_table
+
+        early = pd.read_csv(self.inputs.early, sep="\t", na_values=["n/a"])
+        late = pd.read_csv(self.inputs.late, sep="\t", na_values=["n/a"])
+        table = persistence_table(early, late)
+        tsv = os.path.join(runtime.cwd, "persistence.tsv")
+        table.to_csv(tsv, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+        dictionary = {
+            "lesion_id": {"LongName": "Lesion identifier"},
+            "early_timepoint": {"LongName": "Early timepoint (the denominator)"},
+            "late_timepoint": {"LongName": "Late timepoint (the numerator)"},
+            "late_quantification": {"LongName": "Quantification status at the late timepoint",
+                                    "Description": "'<LoQ': the late concentration, and so "
+                                                   "its ratio, is not a measurement."},
+        }
+        for column in table.columns:
+            if column.endswith("_ratio"):
+                dictionary[column] = {"LongName": f"{column[:-6]} late / early",
+                                      "Description": "n/a when the early value is <= 0."}
+            elif column.endswith(("_early", "_late")) and column not in dictionary:
+                dictionary[column] = {"LongName": column}
+        out_json = os.path.join(runtime.cwd, "persistence.json")
+        with open(out_json, "w") as handle:
+            json.dump(dictionary, handle, indent=2)
+        self._results["out_tsv"] = tsv
+        self._results["out_json"] = out_json
+        return runtime

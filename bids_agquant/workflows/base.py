@@ -20,7 +20,7 @@ from nipype.pipeline import engine as pe
 from ..bids import ParticipantPlan, bids_uri
 from ..config import AgentParameters, RunConfig, agent_for_timepoint
 from ..interfaces.ants import ApplyTransforms
-from ..interfaces.lesions import LesionTable, PrepareContours
+from ..interfaces.lesions import LesionTable, Persistence, PrepareContours
 from ..interfaces.qmri import ComputeUptake, SignalEnhancement, SignalMask
 from .outputs import UNITS, ds_node, t1map_metadata
 from .registration import init_rigid_registration_wf
@@ -178,6 +178,7 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
         workflow.connect(labels_ref, "output_image", ref_mask, "exclude_labels")
 
     # ---------------------------------------------------------------- post-agent timepoints
+    same_agent: dict[str, list] = {}  # method -> timepoints of the participant's own agent
     field_strength = plan.baseline.field_strength_T or agent.field_strength_T
     for tp in plan.posts:
         suffix = tp.node_suffix
@@ -244,7 +245,32 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
                             r1_base=r1_base_ref[method], valid_base=valid_base_ref[method],
                             enhancement=enhancement, labels_ref=labels_ref,
                             normal_mask=ref_mask)
+            if tp_agent is agent:
+                same_agent.setdefault(method, []).append(tp)
+    if labels_ref is not None:
+        _connect_persistence(workflow, plan, config, same_agent)
     return workflow
+
+
+def _connect_persistence(workflow, plan, config, timepoints_by_method):
+    """Late/early lesion ratios: every later timepoint of the participant's agent against the
+    earliest one (by hours after injection, else acquisition order)."""
+    for method, timepoints in timepoints_by_method.items():
+        ordered = sorted(timepoints, key=lambda tp: (tp.hours_post_injection is None,
+                                                     tp.hours_post_injection or 0.0))
+        early = ordered[0]
+        for late in ordered[1:]:
+            name = f"{method}_{late.node_suffix}"
+            node = pe.Node(Persistence(), name=f"persistence_{name}")
+            ds = ds_node(output_dir=str(config.output_dir), plan=plan, timepoint=late,
+                         desc=method, suffix="persistence", extension=".tsv",
+                         name=f"ds_persistence_{name}")
+            workflow.connect([
+                (workflow.get_node(f"lesion_table_{method}_{early.node_suffix}"), node,
+                 [("out_tsv", "early")]),
+                (workflow.get_node(f"lesion_table_{name}"), node, [("out_tsv", "late")]),
+                (node, ds, [("out_tsv", "in_file"), ("out_json", "sidecar_file")]),
+            ])
 
 
 def _connect_uptake(workflow, plan, config, tp, method, *, agent, tp_reg, method_reg, t1_wf,
