@@ -612,6 +612,15 @@ def bids_uri(path: Path, root: Path, dataset: str = "raw") -> str:
     return f"bids:{dataset}:{Path(path).resolve().relative_to(Path(root).resolve()).as_posix()}"
 
 
+def is_inside(path: Path, parent: Path) -> bool:
+    """Whether ``path`` is ``parent`` or lies below it (symlinks resolved)."""
+    try:
+        Path(path).resolve().relative_to(Path(parent).resolve())
+    except ValueError:
+        return False
+    return True
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text so that a reader never sees a partial file."""
     path = Path(path)

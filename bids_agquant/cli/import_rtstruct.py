@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..bids import EX_CANTCREAT, EX_NOINPUT, InputError, atomic_write_text, bids_uri
+from ..bids import (
+    EX_CANTCREAT,
+    EX_NOINPUT,
+    InputError,
+    atomic_write_text,
+    bids_uri,
+    is_inside,
+)
 from ..rtstruct import DEFAULT_PATTERNS, RASTERISATION_METHOD, ImportResult, import_rtstruct
 from .parser import EX_USAGE, _label, _Parser
 
@@ -68,14 +75,6 @@ def build_parser() -> _Parser:
 
 
 # --------------------------------------------------------------------------- paths
-def _inside(path: Path, parent: Path) -> bool:
-    try:
-        path.resolve().relative_to(parent.resolve())
-    except ValueError:
-        return False
-    return True
-
-
 def _stem(participant: str, session: str | None, ce: str | None) -> str:
     parts = [f"sub-{participant}"]
     if session:
@@ -132,7 +131,7 @@ def _check_target(target: Path, bids_dir: Path, participant: str, session: str |
     if not target.is_file():
         raise InputError(f"{target}: target image not found", EX_NOINPUT)
     session_dir = _session_dir(bids_dir, participant, session)
-    if not _inside(target, session_dir):
+    if not is_inside(target, session_dir):
         raise InputError(f"{target}: the target image must be an image of {session_dir} (the "
                          "contours live in the scanner space of that session)", EX_USAGE)
     return target
@@ -141,7 +140,7 @@ def _check_target(target: Path, bids_dir: Path, participant: str, session: str |
 def _check_output(output: Path, bids_dir: Path) -> None:
     derivatives = bids_dir / "derivatives"
     if output.resolve() == bids_dir.resolve() or output.resolve() == derivatives.resolve() or (
-            _inside(output, bids_dir) and not _inside(output, derivatives)):
+            is_inside(output, bids_dir) and not is_inside(output, derivatives)):
         raise InputError(f"{output}: the contours dataset must not be the raw dataset or inside "
                          "it, except in a folder under derivatives/", EX_USAGE)
 
@@ -173,7 +172,7 @@ def _atomic_nifti(path: Path, labels: np.ndarray, target_image: Path) -> None:
 
 
 def _dataset_description(output: Path, bids_dir: Path) -> dict:
-    if _inside(output, bids_dir / "derivatives"):
+    if is_inside(output, bids_dir / "derivatives"):
         raw = Path(os.path.relpath(bids_dir.resolve(), output.resolve())).as_posix() + "/"
     else:
         raw = bids_dir.resolve().as_uri()
@@ -197,14 +196,14 @@ def _sidecar(result: ImportResult, bids_dir: Path, rtstruct: Path, image_series:
     ss, grid = result.structure_set, result.grid
     target_uri = bids_uri(result.target_image, bids_dir)
     sources = [f"urn:oid:{ss.sop_instance_uid}"] if ss.sop_instance_uid else []
-    if _inside(rtstruct, bids_dir):
+    if is_inside(rtstruct, bids_dir):
         sources.append(bids_uri(rtstruct, bids_dir))
     sources.append(target_uri)
     referenced = {"Type": "DICOM series" if grid.kind == "dicom" else "NIfTI of the series",
                   "Path": str(image_series),
                   "Shape": list(grid.shape),
                   "VoxelSize_mm": [round(float(v), 6) for v in grid.spacing_mm]}
-    if grid.kind == "nifti" and _inside(image_series, bids_dir):
+    if grid.kind == "nifti" and is_inside(image_series, bids_dir):
         referenced["URI"] = bids_uri(image_series, bids_dir)
     return {
         "Description": "Gross tumour volumes imported from a DICOM RTSTRUCT, one integer label "

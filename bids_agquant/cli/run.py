@@ -21,6 +21,7 @@ from ..bids import (
     EX_NOINPUT,
     InputError,
     find_validator,
+    is_inside,
     write_derivative_description,
 )
 from ..config import RunConfig, resolve_agent
@@ -73,14 +74,6 @@ def _config_from_opts(opts) -> RunConfig:
     )
 
 
-def _inside(path: Path, parent: Path) -> bool:
-    try:
-        path.resolve().relative_to(parent.resolve())
-    except ValueError:
-        return False
-    return True
-
-
 def check_paths(config: RunConfig) -> None:
     """Pre-flight checks on the input and output locations (raise InputError)."""
     bids_dir = config.bids_dir
@@ -92,7 +85,7 @@ def check_paths(config: RunConfig) -> None:
                          "a BIDS dataset?", EX_NOINPUT)
     for name, path in (("output_dir", config.output_dir), ("work_dir", config.work_dir)):
         if path.resolve() == bids_dir.resolve() or (
-            _inside(path, bids_dir) and not _inside(path, bids_dir / "derivatives")
+            is_inside(path, bids_dir) and not is_inside(path, bids_dir / "derivatives")
         ):
             raise InputError(f"{path}: {name} must not be the input dataset or inside it "
                              "(except under derivatives/); the input is never written to",
@@ -108,8 +101,10 @@ def validate_bids(bids_dir: Path) -> None:
     proc = subprocess.run([exe, "--no-color", "--ignoreWarnings", str(bids_dir)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise InputError(f"{bids_dir}: BIDS validation failed:\n{proc.stdout[-4000:]}",
-                         EX_VALIDATION)
+        # The report is on stdout; a validator that could not run says why on stderr.
+        report = (proc.stdout[-4000:] + "\n" + proc.stderr[-2000:]).strip()
+        raise InputError(f"{bids_dir}: BIDS validation failed (exit {proc.returncode}):\n"
+                         f"{report}", EX_VALIDATION)
 
 
 def _select_participants(layout, config: RunConfig) -> list[str]:

@@ -57,6 +57,16 @@ class PrepareContours(SimpleInterface):
         return runtime
 
 
+def _write_table(cwd: str, name: str, table: pd.DataFrame, dictionary: dict) -> tuple[str, str]:
+    """``<name>.tsv`` (n/a for missing values) and its JSON data dictionary in ``cwd``."""
+    tsv = os.path.join(cwd, f"{name}.tsv")
+    table.to_csv(tsv, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+    sidecar = os.path.join(cwd, f"{name}.json")
+    with open(sidecar, "w") as handle:
+        json.dump(dictionary, handle, indent=2)
+    return tsv, sidecar
+
+
 class _LesionTableInputSpec(BaseInterfaceInputSpec):
     labels = File(exists=True, mandatory=True, desc="lesion labels in reference space")
     gd_conc = File(exists=True, mandatory=True)
@@ -140,14 +150,8 @@ class LesionTable(SimpleInterface):
         table["hours_post_injection"] = (self.inputs.hours_post_injection
                                          if self.inputs.hours_post_injection is not None
                                          else np.nan)
-        tsv = os.path.join(runtime.cwd, "lesions.tsv")
-        table.to_csv(tsv, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
-        dictionary = column_dictionary(list(table.columns))
-        out_json = os.path.join(runtime.cwd, "lesions.json")
-        with open(out_json, "w") as handle:
-            json.dump(dictionary, handle, indent=2)
-        self._results["out_tsv"] = tsv
-        self._results["out_json"] = out_json
+        self._results["out_tsv"], self._results["out_json"] = _write_table(
+            runtime.cwd, "lesions", table, column_dictionary(list(table.columns)))
         return runtime
 
     def _profiles(self, runtime, table, labels, affine, mass):
@@ -160,8 +164,6 @@ class LesionTable(SimpleInterface):
             table[column] = table["lesion_id"].map(summary.set_index("lesion_id")[column])
         profiles = profiles.rename(columns={"value": "mass_mg_per_L"})
         profiles.insert(1, "timepoint", self.inputs.timepoint)
-        path = os.path.join(runtime.cwd, "profiles.tsv")
-        profiles.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
         dictionary = {
             "lesion_id": {"LongName": "Lesion identifier"},
             "timepoint": {"LongName": "Timepoint"},
@@ -175,11 +177,8 @@ class LesionTable(SimpleInterface):
                                              "the mean of the 4 mm surrounding normal ring."},
             "inside": {"LongName": "Inside the lesion"},
         }
-        json_path = os.path.join(runtime.cwd, "profiles.json")
-        with open(json_path, "w") as handle:
-            json.dump(dictionary, handle, indent=2)
-        self._results["profiles_tsv"] = path
-        self._results["profiles_json"] = json_path
+        self._results["profiles_tsv"], self._results["profiles_json"] = _write_table(
+            runtime.cwd, "profiles", profiles, dictionary)
 
     def _quality(self, runtime, table, labels, affine, maps):
         """LoQ columns of the lesion table and the healthy-tissue control table."""
@@ -219,8 +218,6 @@ class LesionTable(SimpleInterface):
         if "se_percent_mean" in stats:
             failed |= np.abs(stats["se_percent_mean"]) > self.inputs.se_tolerance_percent
         stats["control_failed"] = failed
-        path = os.path.join(runtime.cwd, "controls.tsv")
-        stats.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
         dictionary = {
             "roi_id": {"LongName": "Control region", "Description": "Sphere of healthy tissue "
                        "(no lesion within 10 mm), radius of the median lesion's equivalent "
@@ -236,11 +233,8 @@ class LesionTable(SimpleInterface):
 
         full = column_dictionary([c for c in stats.columns if c not in dictionary])
         full.update(dictionary)
-        json_path = os.path.join(runtime.cwd, "controls.json")
-        with open(json_path, "w") as handle:
-            json.dump(full, handle, indent=2)
-        self._results["controls_tsv"] = path
-        self._results["controls_json"] = json_path
+        self._results["controls_tsv"], self._results["controls_json"] = _write_table(
+            runtime.cwd, "controls", stats, full)
 
 
 class _PersistenceInputSpec(BaseInterfaceInputSpec):
@@ -265,8 +259,6 @@ class Persistence(SimpleInterface):
         early = pd.read_csv(self.inputs.early, sep="\t", na_values=["n/a"])
         late = pd.read_csv(self.inputs.late, sep="\t", na_values=["n/a"])
         table = persistence_table(early, late)
-        tsv = os.path.join(runtime.cwd, "persistence.tsv")
-        table.to_csv(tsv, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
         dictionary = {
             "lesion_id": {"LongName": "Lesion identifier"},
             "early_timepoint": {"LongName": "Early timepoint (the denominator)"},
@@ -281,9 +273,6 @@ class Persistence(SimpleInterface):
                                       "Description": "n/a when the early value is <= 0."}
             elif column.endswith(("_early", "_late")) and column not in dictionary:
                 dictionary[column] = {"LongName": column}
-        out_json = os.path.join(runtime.cwd, "persistence.json")
-        with open(out_json, "w") as handle:
-            json.dump(dictionary, handle, indent=2)
-        self._results["out_tsv"] = tsv
-        self._results["out_json"] = out_json
+        self._results["out_tsv"], self._results["out_json"] = _write_table(
+            runtime.cwd, "persistence", table, dictionary)
         return runtime
