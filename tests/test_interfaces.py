@@ -131,7 +131,7 @@ def test_apply_transforms_keeps_labels(session_pair, tmp_path):
 
 
 def test_map_resampling_keeps_small_lesion_contrast_and_masks_invalid(tmp_path):
-    """Windowed-sinc resampling with a validity mask: a 7 mm 'lesion' (smooth edge) keeps its
+    """Cubic B-spline resampling with a validity mask: a 7 mm 'lesion' (smooth edge) keeps its
     mean much better than with linear interpolation, a hole of invalid voxels neither rings
     into its neighbours nor leaks a value, and the background stays 0."""
     shape = (40, 40, 40)
@@ -156,7 +156,7 @@ def test_map_resampling_keeps_small_lesion_contrast_and_masks_invalid(tmp_path):
              for name, data in (("r1", r1_in), ("valid", valid.astype(np.uint8)))}
     ref_file = _nifti(tmp_path / "ref.nii.gz", np.zeros(shape, np.float32), ref_affine)
     out = {}
-    for interp, mask in (("linear", False), ("lanczosWindowedSinc", True)):
+    for interp, mask in (("linear", False), ("bSpline", True)):
         node = pe.Node(ApplyTransforms(input_image=files["r1"], reference_image=ref_file,
                                        interpolation=interp, out_name=f"{interp}.nii.gz"),
                        name=f"apply_{interp}", base_dir=str(tmp_path))
@@ -167,16 +167,18 @@ def test_map_resampling_keeps_small_lesion_contrast_and_masks_invalid(tmp_path):
     rho_ref = 2.0 * np.sqrt(sum((g - c) ** 2 for g, c in zip(ref_grid, centre, strict=True)))
     lesion = rho_ref <= 3.5
     true_mean = lesion_r1(rho_ref[lesion]).mean()
-    sinc = out["lanczosWindowedSinc"]
-    assert abs(sinc[lesion].mean() / true_mean - 1) < 0.1 * abs(
+    sinc = out["bSpline"]
+    assert abs(sinc[lesion].mean() / true_mean - 1) < 0.25 * abs(
         out["linear"][lesion].mean() / true_mean - 1)
-    # measured: linear -11.4 %, normalised windowed sinc -0.6 %
-    assert abs(sinc[lesion].mean() / true_mean - 1) < 0.015
+    # measured: linear -11.4 %, cubic B-spline -1.9 % (a half-voxel shift on all three axes
+    # of a 7 mm lesion with a 1 mm edge at 2 mm voxels: the worst case)
+    assert abs(sinc[lesion].mean() / true_mean - 1) < 0.03
     near_hole = np.zeros(shape, bool)
     near_hole[26:33, 18:25, 18:25] = True
     tissue = near_hole & (sinc > 0)
-    # no ringing from the hole, and a uniform region stays uniform (normalised kernel)
-    assert tissue.any() and np.allclose(sinc[tissue], 0.7, atol=1e-4)
+    # no ringing from the hole (filled before resampling); what remains is the exponentially
+    # decaying tail of the B-spline prefilter from the lesion 10 mm away (measured <= 6e-4)
+    assert tissue.any() and np.allclose(sinc[tissue], 0.7, atol=1e-3)
     assert (sinc[27:30, 20:22, 20:22] == 0).all()  # the hole stays invalid
     assert (sinc[rho_ref > 31] == 0).all()  # background
 

@@ -29,7 +29,7 @@ from .t1map import init_t1map_wf
 LOGGER = logging.getLogger("bids_agquant")
 
 #: How R1 maps reach the reference grid (recorded in the sidecars).
-RESAMPLING_R1 = ("ANTs lanczosWindowedSinc; invalid voxels filled from the nearest valid one "
+RESAMPLING_R1 = ("ANTs cubic B-spline; invalid voxels filled from the nearest valid one "
                  "before, and set to 0 after")
 
 #: ``from-`` label of each T1 method's images in the method → T1w transform names.
@@ -59,10 +59,9 @@ def _resample(name, *, reference, interpolation="linear", out_name="resampled.ni
 
 
 def _resample_map(name, *, reference):
-    """R1 into the reference grid: windowed sinc, invalid voxels filled first, then zeroed
+    """R1 into the reference grid: cubic B-spline, invalid voxels filled first, then zeroed
     (see :class:`~bids_agquant.interfaces.ants.ApplyTransforms`)."""
-    return _resample(name, reference=reference, interpolation="lanczosWindowedSinc",
-                     out_name="r1.nii.gz")
+    return _resample(name, reference=reference, interpolation="bSpline", out_name="r1.nii.gz")
 
 
 def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentParameters):
