@@ -1194,6 +1194,8 @@ def _write_reference(ctx: _Context, part: _Participant):
 def _mp2rage_images(s1, s2, sigma, rng, rx_direction, affine, shape, phase_units):
     """Complex MP2RAGE signals with a shared background phase and complex Gaussian noise →
     magnitudes, phases (radians or the Siemens -4096..4095 scale) and the scanner UNIT1."""
+    from .qmri.mp2rage import UNIT1_SCALE, uni_from_signals
+
     y = _axis_coords(shape, affine)
     ramp = np.zeros(shape, dtype=np.float32)
     for a in range(3):
@@ -1213,10 +1215,8 @@ def _mp2rage_images(s1, s2, sigma, rng, rx_direction, affine, shape, phase_units
             phase = np.clip(np.rint(phase / np.float32(math.pi) * 4096.0), -4096, 4095)
         out[f"inv{n}_mag"] = np.abs(c).astype(np.float32)
         out[f"inv{n}_phase"] = phase
-    c1, c2 = signals
-    den = (np.abs(c1) ** 2 + np.abs(c2) ** 2).astype(np.float32)
-    uni = np.where(den > 0, np.real(np.conj(c1) * c2) / np.where(den > 0, den, 1.0), 0.0)
-    out["unit1"] = np.clip(np.rint(4095.0 * (uni + 0.5)), 0, 4095).astype(np.uint16)
+    uni = uni_from_signals(*signals)
+    out["unit1"] = np.clip(np.rint(UNIT1_SCALE * (uni + 0.5)), 0, UNIT1_SCALE).astype(np.uint16)
     return out
 
 

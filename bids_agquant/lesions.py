@@ -506,20 +506,27 @@ def limit_of_quantification(
     mask = np.asarray(normal_mask, bool) & np.isfinite(dr1)
     values = np.where(mask, dr1, 0.0)
     weights = mask.astype(np.float64)
-    out = []
-    for n in n_voxels:
-        side = max(1, round(float(n) ** (1.0 / 3.0)))
+    sides = [max(1, round(float(n) ** (1.0 / 3.0))) for n in n_voxels]
+    by_side = {}
+    for side in set(sides):  # lesions of one cube size share the (full-volume) filtering
         total = ndimage.uniform_filter(values, size=side, mode="constant")
         count = ndimage.uniform_filter(weights, size=side, mode="constant")
         full = mask & (count > 0.999)  # cubes lying entirely in normal tissue
         if full.sum() < 20:
-            out.append(np.nan)
+            by_side[side] = np.nan
             continue
         means = total[full] / count[full]
         # Robust SD (MAD): a few vessels or edge voxels must not set the limit.
         mad = np.median(np.abs(means - np.median(means)))
-        out.append(k * 1.4826 * mad)
-    return np.asarray(out, dtype=np.float64)
+        by_side[side] = k * 1.4826 * mad
+    return np.asarray([by_side[side] for side in sides], dtype=np.float64)
+
+
+def _equivalent_radii_mm(lab: np.ndarray, aff: np.ndarray) -> np.ndarray:
+    """Equivalent-sphere radius (mm) of every label present, in label order."""
+    counts = np.bincount(lab.ravel())[1:]
+    volume_mm3 = counts[counts > 0] * abs(float(np.linalg.det(aff[:3, :3])))
+    return np.cbrt(3.0 * volume_mm3 / (4.0 * np.pi))
 
 
 def control_rois(
@@ -561,9 +568,8 @@ def control_rois(
     tissue = np.asarray(tissue_mask, bool)
     spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
     if radius_mm is None:
-        geometry = lesion_geometry(lab, aff)
-        median_d = float(geometry["equiv_diameter_mm"].median()) if len(geometry) else 10.0
-        radius_mm = max(4.0, median_d / 2.0)
+        radii = _equivalent_radii_mm(lab, aff)
+        radius_mm = max(4.0, float(np.median(radii))) if radii.size else 5.0
     inside = ndimage.distance_transform_edt(tissue, sampling=spacing)
     away = (ndimage.distance_transform_edt(lab == 0, sampling=spacing) if lab.any()
             else np.full(lab.shape, np.inf))
@@ -645,10 +651,10 @@ def line_profiles(
     if vals.shape != lab.shape:
         raise ValueError(f"values have shape {vals.shape}, labels {lab.shape}")
     spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
-    geometry = lesion_geometry(lab, aff)
+    ids = np.unique(lab[lab > 0])
     rows, summary = [], []
-    for lesion in geometry.itertuples(index=False):
-        member = lab == lesion.lesion_id
+    for lesion_id, radius_mm in zip(ids, _equivalent_radii_mm(lab, aff), strict=True):
+        member = lab == lesion_id
         ijk = np.argwhere(member)
         centre = np.rint(ijk.mean(axis=0)).astype(int)
         # Ring: within ring_mm of the lesion, outside every lesion (EDT in a box).
@@ -661,7 +667,6 @@ def line_profiles(
         ring_values = vals[box][ring]
         ring_values = ring_values[np.isfinite(ring_values)]
         ring_mean = float(ring_values.mean()) if ring_values.size else np.nan
-        radius_mm = lesion.equiv_diameter_mm / 2.0
         inside_values = []
         for direction, world in (("RL", 0), ("AP", 1)):
             axis, sign = _world_axis(aff, world)
@@ -675,13 +680,13 @@ def line_profiles(
             profile = np.where(inside, vals[tuple(index.T)], ring_mean)
             inside_values.append(profile[inside])
             for step, value, flag in zip(steps, profile, inside, strict=True):
-                rows.append((lesion.lesion_id, direction, sign * step * spacing[axis],
+                rows.append((lesion_id, direction, sign * step * spacing[axis],
                              float(value), bool(flag)))
         inner = np.concatenate(inside_values)
         inner = inner[np.isfinite(inner)]
         ratio = (float(inner.max() / inner.min()) if inner.size and inner.min() > 0
                  else np.nan)
-        summary.append((lesion.lesion_id, ring_mean, ratio))
+        summary.append((lesion_id, ring_mean, ratio))
     profiles = pd.DataFrame(rows, columns=["lesion_id", "direction", "position_mm", "value",
                                            "inside"])
     summary_table = pd.DataFrame(summary, columns=["lesion_id", "ring_mean",

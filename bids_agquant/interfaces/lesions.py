@@ -190,7 +190,13 @@ class LesionTable(SimpleInterface):
         # Keep a margin: the lesion edge (partial volume, resampling) is not normal tissue.
         normal &= ~ndimage.binary_dilation(labels > 0, iterations=2)
         dr1 = maps["deltaR1"]
-        loq = limit_of_quantification(dr1, normal, table["n_voxels"])
+        controls = control_rois(labels, normal, affine)
+        stats = lesion_intensity_stats(controls, {k: v for k, v in maps.items()
+                                                  if k in ("deltaR1", "gd_mM", "se_percent")})
+        stats.insert(1, "n_voxels", np.bincount(controls.ravel())[stats["lesion_id"]])
+        # One call for lesions and controls: regions of one size share the filtering.
+        limits = limit_of_quantification(dr1, normal, [*table["n_voxels"], *stats["n_voxels"]])
+        loq = limits[: len(table)]
         table["deltaR1_loq"] = loq
         if self.inputs.r1_per_mM_per_s:
             table["gd_mM_loq"] = loq / self.inputs.r1_per_mM_per_s
@@ -207,13 +213,9 @@ class LesionTable(SimpleInterface):
             ~np.isfinite(loq), "n/a",
             np.where(np.abs(table["deltaR1_mean"]) < loq, "<LoQ", "quantified"))
 
-        controls = control_rois(labels, normal, affine)
-        stats = lesion_intensity_stats(controls, {k: v for k, v in maps.items()
-                                                  if k in ("deltaR1", "gd_mM", "se_percent")})
-        stats.insert(1, "n_voxels", np.bincount(controls.ravel())[stats["lesion_id"]])
         stats = stats.rename(columns={"lesion_id": "roi_id"})
         stats.insert(1, "timepoint", self.inputs.timepoint)
-        stats["deltaR1_loq"] = limit_of_quantification(dr1, normal, stats["n_voxels"])
+        stats["deltaR1_loq"] = limits[len(table):]
         failed = np.abs(stats["deltaR1_mean"]) > stats["deltaR1_loq"]
         if "se_percent_mean" in stats:
             failed |= np.abs(stats["se_percent_mean"]) > self.inputs.se_tolerance_percent
