@@ -15,3 +15,22 @@ def dro2mm(tmp_path_factory):
     from bids_agquant.dro import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("dro") / "bids", participants=3, resolution_mm=2)
+
+
+def require_program(*names: str) -> None:
+    """Skip the calling test when a system program is missing, unless CI requires it.
+
+    ``.ci/run`` installs every system package the tests use (chromium, slurm-wlm, munge,
+    podman) and sets ``BIDS_AGQUANT_REQUIRE_SYSTEM=1``: there a missing program is a failure,
+    never a silent skip. A developer without the packages gets a skip naming what is missing.
+    """
+    import os
+    import shutil
+
+    missing = [name for name in names if shutil.which(name) is None]
+    if not missing:
+        return
+    message = f"system program(s) not installed: {', '.join(missing)}"
+    if os.environ.get("BIDS_AGQUANT_REQUIRE_SYSTEM") == "1":
+        pytest.fail(message + " (required: BIDS_AGQUANT_REQUIRE_SYSTEM=1)")
+    pytest.skip(message)

@@ -11,6 +11,7 @@ from .. import __version__
 from ..config import DEFAULT_SEED
 
 EX_USAGE = 64
+PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--omp-nthreads", type=int, default=1,
                       help="threads per registration (default 1: bit-reproducible ANTs)")
     perf.add_argument("--mem-gb", type=float, default=None, help="memory budget for Nipype")
-    perf.add_argument("--plugin", default="MultiProc",
-                      help="Nipype execution plugin (MultiProc, Linear, SLURM, ...)")
+    perf.add_argument("--plugin", default="MultiProc", choices=PLUGINS,
+                      help="Nipype execution plugin: MultiProc (default, local processes), "
+                           "Linear (one node at a time), SLURM (one batch job per node, this "
+                           "process waits), SLURMGraph (the whole graph submitted at once with "
+                           "afterok dependencies; this process returns when it is queued)")
     perf.add_argument("--plugin-args", type=_plugin_args, default={},
                       help="JSON object of plugin arguments")
     perf.add_argument("--random-seed", type=int, default=DEFAULT_SEED,
