@@ -216,6 +216,7 @@ class RunConfig:
     reference_dose_mg_per_kg: float = 100.0
     vfa_fit: str = "linear"
     inversion_efficiency: float | None = None
+    report_mass_max_mg_per_l: float = 300.0
     run_uuid: str = ""
 
     def to_toml(self) -> str:

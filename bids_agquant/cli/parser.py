@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 from .. import __version__
@@ -23,8 +24,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _label(prefix: str):
+    """A BIDS label, prefix optional; only letters and digits (no path traversal)."""
     def strip(value: str) -> str:
-        return value.removeprefix(prefix)
+        label = value.removeprefix(prefix)
+        if not re.fullmatch(r"[A-Za-z0-9]+", label):
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not a BIDS label (letters and digits only, e.g. {prefix}01)")
+        return label
     return strip
 
 
@@ -45,6 +51,16 @@ def _efficiency(value: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
     if not 0.0 < number <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {number}")
+    return number
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
     return number
 
 
@@ -103,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     t1.add_argument("--inversion-efficiency", type=_efficiency, default=None, metavar="EFF",
                     help="MP2RAGE inversion efficiency in (0, 1]; default: the sidecar's "
                          "InversionEfficiency, else 0.96 (Siemens adiabatic pulse, Marques 2010)")
+
+    rep = parser.add_argument_group("reports")
+    rep.add_argument("--report-mass-max", type=_positive, default=300.0, metavar="MG_PER_L",
+                     help="upper end of the fixed colour scale of the concentration maps in the "
+                          "HTML reports, mg/L of agent (default 300 = 0.3 mg/ml)")
 
     perf = parser.add_argument_group("performance and reproducibility")
     perf.add_argument("-w", "--work-dir", type=Path, default=None,

@@ -6,6 +6,7 @@ failed; 64 usage; 65 bad data; 66 required input missing; 73 cannot create outpu
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import subprocess
@@ -20,6 +21,7 @@ from ..bids import (
     EX_DATAERR,
     EX_NOINPUT,
     InputError,
+    atomic_write_text,
     find_validator,
     is_inside,
     write_derivative_description,
@@ -70,12 +72,19 @@ def _config_from_opts(opts) -> RunConfig:
         reference_dose_mg_per_kg=opts.reference_dose,
         vfa_fit=opts.vfa_fit,
         inversion_efficiency=opts.inversion_efficiency,
+        report_mass_max_mg_per_l=opts.report_mass_max,
         run_uuid=run_uuid,
     )
 
 
 def check_paths(config: RunConfig) -> None:
-    """Pre-flight checks on the input and output locations (raise InputError)."""
+    """Pre-flight checks on the input and output locations (raise InputError).
+
+    The input dataset is never written to, so neither the output nor the work directory may
+    lie inside it (not even under ``derivatives/``: a BIDS app that writes there changes the
+    dataset it reads, and a read-only input mount would fail late). A work directory inside
+    the output would put Nipype's cache into the derivatives dataset.
+    """
     bids_dir = config.bids_dir
     if not bids_dir.is_dir():
         raise InputError(f"{bids_dir}: BIDS directory not found (inside a container, check the "
@@ -83,14 +92,22 @@ def check_paths(config: RunConfig) -> None:
     if not (bids_dir / "dataset_description.json").exists():
         raise InputError(f"{bids_dir / 'dataset_description.json'}: missing; is this the root of "
                          "a BIDS dataset?", EX_NOINPUT)
-    for name, path in (("output_dir", config.output_dir), ("work_dir", config.work_dir)):
-        if path.resolve() == bids_dir.resolve() or (
-            is_inside(path, bids_dir) and not is_inside(path, bids_dir / "derivatives")
-        ):
+    checked = [("output_dir", config.output_dir)]
+    if config.analysis_level == "participant":
+        checked.append(("work_dir", config.work_dir))
+    for name, path in checked:
+        if is_inside(path, bids_dir):
             raise InputError(f"{path}: {name} must not be the input dataset or inside it "
-                             "(except under derivatives/); the input is never written to",
-                             EX_USAGE)
-
+                             f"({bids_dir}); the input is never written to", EX_USAGE)
+    if config.analysis_level == "participant" and is_inside(config.work_dir, config.output_dir):
+        raise InputError(f"{config.work_dir}: work_dir must not be inside output_dir "
+                         f"({config.output_dir}); the Nipype cache is not a derivative",
+                         EX_USAGE)
+    for name, path in checked:
+        existing = next((p for p in [path, *path.parents] if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise InputError(f"{path}: cannot create {name}: {existing} is a file",
+                             EX_CANTCREAT)
 
 def validate_bids(bids_dir: Path) -> None:
     """Run bids-validator-deno on the input; raise InputError(16) when it reports errors."""
@@ -109,15 +126,30 @@ def validate_bids(bids_dir: Path) -> None:
 
 def _select_participants(layout, config: RunConfig) -> list[str]:
     subjects = sorted(layout.get_subjects())
+    if not subjects:
+        raise InputError(f"{config.bids_dir}: no sub-* folders found", EX_NOINPUT)
     if not config.participant_label:
-        if not subjects:
-            raise InputError(f"{config.bids_dir}: no sub-* folders found", EX_NOINPUT)
         return subjects
     missing = sorted(set(config.participant_label) - set(subjects))
     if missing:
         raise InputError(f"{config.bids_dir}: participant(s) not found: "
-                         f"{', '.join('sub-' + m for m in missing)}", EX_NOINPUT)
+                         f"{', '.join('sub-' + m for m in missing)} (the dataset has "
+                         f"{', '.join('sub-' + s for s in subjects)})", EX_NOINPUT)
     return list(dict.fromkeys(config.participant_label))
+
+
+def _check_sessions(layout, subjects: list[str], config: RunConfig) -> None:
+    """Every ``--session-label`` exists for at least one selected participant (else 66)."""
+    if not config.session_label:
+        return
+    existing = set(layout.get_sessions(subject=subjects))
+    missing = sorted(set(config.session_label) - existing)
+    if missing:
+        have = ", ".join(f"ses-{s}" for s in sorted(existing)) or "no sessions"
+        raise InputError(f"{config.bids_dir}: session(s) not found for "
+                         f"{', '.join('sub-' + s for s in subjects)}: "
+                         f"{', '.join('ses-' + m for m in missing)} (they have {have})",
+                         EX_NOINPUT)
 
 
 def _agent_for(plan, config: RunConfig, field_strength_T: float):
@@ -132,39 +164,100 @@ def _agent_for(plan, config: RunConfig, field_strength_T: float):
                          gd_per_particle=config.gd_per_particle, molar_mass=config.molar_mass)
 
 
-def run_participant(config: RunConfig) -> int:
-    from nipype import config as nipype_config
+def _plan_participants(layout, subjects, config):
+    """Plans and agents of the participants whose inputs pass the pre-flight checks.
 
-    from ..bids import collect_plan, load_layout
-    from ..workflows.base import init_bids_agquant_wf
+    A participant with unusable input is reported and left out; the others go ahead (one bad
+    participant must not stop a 100-patient array). Returns (plans, agents, failures).
+    """
+    from ..bids import collect_plan
+    from ..preflight import check_plan
 
-    layout = load_layout(config.bids_dir)
-    subjects = _select_participants(layout, config)
-    plans, agents = [], {}
+    plans, agents, failures = [], {}, {}
     for subject in subjects:
-        plan = collect_plan(layout, subject, baseline_session=config.baseline_session,
-                            session_labels=config.session_label or None,
-                            contours_dir=config.contours_dir)
+        try:
+            plan = collect_plan(layout, subject, baseline_session=config.baseline_session,
+                                session_labels=config.session_label or None,
+                                contours_dir=config.contours_dir)
+            check_plan(plan)
+            field = plan.baseline.field_strength_T or 3.0
+            try:
+                agents[subject] = _agent_for(plan, config, field)
+            except ValueError as exc:
+                raise InputError(f"sub-{subject}: {exc}", EX_DATAERR) from None
+        except InputError as exc:
+            failures[subject] = exc  # reported by _summarise, with the others
+            continue
         for note in plan.notes:
             LOGGER.info("sub-%s: %s", subject, note)
-        field = plan.baseline.field_strength_T or 3.0
-        try:
-            agents[subject] = _agent_for(plan, config, field)
-        except ValueError as exc:
-            raise InputError(f"sub-{subject}: {exc}", EX_DATAERR) from None
         plans.append(plan)
+    return plans, agents, failures
 
+
+def _prepare_outputs(config: RunConfig, plans) -> None:
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         config.work_dir.mkdir(parents=True, exist_ok=True)
         write_derivative_description(config.output_dir, config.bids_dir,
                                      contours_dir=config.contours_dir)
         for plan in plans:
-            log_dir = config.output_dir / f"sub-{plan.subject}" / "log" / config.run_uuid
+            subject_dir = config.output_dir / f"sub-{plan.subject}"
+            # Temporary files of an interrupted run (atomic writes never completed them).
+            for stale in subject_dir.rglob(".*.tmp") if subject_dir.is_dir() else []:
+                stale.unlink(missing_ok=True)
+            log_dir = subject_dir / "log" / config.run_uuid
             log_dir.mkdir(parents=True, exist_ok=True)
-            (log_dir / "bids_agquant.toml").write_text(config.to_toml())
+            atomic_write_text(log_dir / "bids_agquant.toml", config.to_toml())
     except OSError as exc:
         raise InputError(f"cannot create output: {exc}", EX_CANTCREAT) from None
+
+
+def _plugin_settings(config: RunConfig) -> dict:
+    """Nipype plugin arguments: local resources for MultiProc, the user's for the others."""
+    if config.plugin == "MultiProc":
+        args = {"n_procs": config.nprocs, "raise_insufficient": False, "maxtasksperchild": 1}
+        if config.mem_gb:
+            args["memory_gb"] = config.mem_gb
+        return {**args, **config.plugin_args}
+    if config.plugin in ("SLURM", "SLURMGraph"):
+        # Nipype's SLURM plugins read $LOGNAME, which batch shells and containers may not set.
+        os.environ.setdefault("LOGNAME", getpass.getuser())
+    return dict(config.plugin_args)
+
+
+def _crashed(config: RunConfig, plan) -> list[Path]:
+    log_dir = config.output_dir / f"sub-{plan.subject}" / "log" / config.run_uuid
+    return sorted(log_dir.glob("crash-*")) if log_dir.is_dir() else []
+
+
+def _write_report(config: RunConfig, plan) -> bool:
+    """The participant's HTML report; False (and an error logged) if it could not be made."""
+    try:
+        from ..reports import write_participant_report
+
+        path = write_participant_report(config.output_dir, plan.subject,
+                                        bids_dir=config.bids_dir, run_uuid=config.run_uuid,
+                                        mass_max_mg_per_l=config.report_mass_max_mg_per_l)
+    except Exception:  # a report must never hide the run's own outcome
+        LOGGER.exception("sub-%s: the HTML report could not be written", plan.subject)
+        return False
+    LOGGER.info("sub-%s: report %s", plan.subject, path)
+    return True
+
+
+def run_participant(config: RunConfig) -> int:
+    from nipype import config as nipype_config
+
+    from ..bids import load_layout
+    from ..workflows.base import init_bids_agquant_wf
+
+    layout = load_layout(config.bids_dir)
+    subjects = _select_participants(layout, config)
+    _check_sessions(layout, subjects, config)
+    plans, agents, failures = _plan_participants(layout, subjects, config)
+    if not plans:  # nothing to run, nothing written
+        return _summarise(config, [], failures, reports_ok=True)
+    _prepare_outputs(config, plans)
 
     nipype_config.update_config({
         "execution": {
@@ -178,23 +271,38 @@ def run_participant(config: RunConfig) -> int:
         "monitoring": {"enabled": False},
     })
     workflow = init_bids_agquant_wf(config, plans, agents)
-    plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False,
-                   "maxtasksperchild": 1, **config.plugin_args}
-    if config.mem_gb:
-        plugin_args.setdefault("memory_gb", config.mem_gb)
-    if config.plugin == "Linear":
-        plugin_args = dict(config.plugin_args)
+    reports_ok = True
     try:
-        workflow.run(plugin=config.plugin, plugin_args=plugin_args)
+        workflow.run(plugin=config.plugin, plugin_args=_plugin_settings(config))
     except RuntimeError as exc:
-        LOGGER.error("some processing steps failed (crash files under %s/sub-*/log/%s): %s",
-                     config.output_dir, config.run_uuid, exc)
-        return 1
+        LOGGER.error("some processing steps failed: %s", exc)
     finally:
         write_derivative_description(config.output_dir, config.bids_dir,
                                      contours_dir=config.contours_dir)
-    LOGGER.info("participant level done: %s", config.output_dir)
-    return 0
+        if config.plugin != "SLURMGraph":  # SLURMGraph returns once the jobs are queued
+            reports_ok = all([_write_report(config, plan) for plan in plans])
+    return _summarise(config, plans, failures, reports_ok)
+
+
+def _summarise(config: RunConfig, plans, failures: dict, reports_ok: bool) -> int:
+    """Say which participants failed and return the run's exit code."""
+    crashed = {plan.subject: _crashed(config, plan) for plan in plans}
+    crashed = {subject: files for subject, files in crashed.items() if files}
+    done = [plan.subject for plan in plans if plan.subject not in crashed]
+    if done:
+        LOGGER.info("participant level done for %s: %s", ", ".join(f"sub-{s}" for s in done),
+                    config.output_dir)
+    for subject, files in crashed.items():
+        LOGGER.error("sub-%s: %d processing step(s) failed; crash files: %s", subject,
+                     len(files), ", ".join(str(f) for f in files))
+    for subject, exc in failures.items():
+        LOGGER.error("sub-%s: not processed (exit %d): %s", subject, exc.exit_code, exc)
+    if failures or crashed:
+        failed = sorted({*failures, *crashed})
+        LOGGER.error("FAILED: %s", ", ".join(f"sub-{s}" for s in failed))
+    if failures:
+        return max(exc.exit_code for exc in failures.values())
+    return 1 if crashed or not reports_ok else 0
 
 
 def run_group(config: RunConfig) -> int:
@@ -208,6 +316,13 @@ def run_group(config: RunConfig) -> int:
                                   reference_dose_mg_per_kg=config.reference_dose_mg_per_kg)
     for path in written:
         LOGGER.info("wrote %s", path)
+    try:
+        from ..reports import write_group_report
+
+        LOGGER.info("wrote %s", write_group_report(config.output_dir, bids_dir=config.bids_dir))
+    except Exception:  # the tables are written; say the report is missing and fail the run
+        LOGGER.exception("the group HTML report could not be written")
+        return 1
     return 0
 
 

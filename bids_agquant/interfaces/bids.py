@@ -52,7 +52,6 @@ class DerivativesSink(SimpleInterface):
                                                                       ".mat") else ".nii.gz")
         relpath = build_derivative_path(entities)
         out_file = Path(self.inputs.base_directory) / relpath
-        atomic_copy(self.inputs.in_file, out_file)
         sidecar = Path(re.sub(r"(\.nii\.gz|\.nii|\.tsv|\.mat)$", ".json", str(out_file)))
         if self.inputs.sidecar_file:
             meta = json.loads(Path(self.inputs.sidecar_file).read_text())
@@ -63,5 +62,8 @@ class DerivativesSink(SimpleInterface):
         if meta:
             atomic_write_text(sidecar, json.dumps(meta, indent=2, default=str) + "\n")
             self._results["out_sidecar"] = str(sidecar)
+        # The data file last: a run killed in between leaves a sidecar without its data, never
+        # data that look complete without their provenance.
+        atomic_copy(self.inputs.in_file, out_file)
         self._results["out_file"] = str(out_file)
         return runtime
