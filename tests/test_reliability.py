@@ -322,7 +322,7 @@ def test_a_failing_participant_does_not_stop_the_others(raw, dro2mm, tmp_path, c
     cropped.to_filename(t1w)
     assert nb.load(t1w).shape != img.shape
     before = snapshot(raw)
-    code = _run(raw, tmp_path, participants=("02", "03"))
+    code = _run(raw, tmp_path, "--session-label", "D1", participants=("02", "03"))
     assert code == 65
     errors = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     assert broken.name in errors and "FAILED: sub-02" in errors
@@ -333,7 +333,7 @@ def test_a_failing_participant_does_not_stop_the_others(raw, dro2mm, tmp_path, c
     truth = pd.read_csv(dro2mm.truth_dir / "lesions.tsv", sep="\t", na_values=["n/a"])
     table = pd.concat(pd.read_csv(t, sep="\t", na_values=["n/a"])
                       for t in (out / "sub-03").rglob("*_lesions.tsv"))
-    expected = truth[(truth["participant_id"] == "sub-03") & (truth["session"] != "D0")]
+    expected = truth[(truth["participant_id"] == "sub-03") & (truth["session"] == "D1")]
     both = table.merge(expected, on=["timepoint", "lesion_id"], suffixes=("", "_true"))
     assert len(both) == len(expected)
     error = (both["gd_mM_mean"] - both["gd_mM_mean_true"]).abs()
