@@ -256,7 +256,7 @@ def run_participant(config: RunConfig) -> int:
     _check_sessions(layout, subjects, config)
     plans, agents, failures = _plan_participants(layout, subjects, config)
     if not plans:  # nothing to run, nothing written
-        return _summarise(config, [], failures, reports_ok=True)
+        return _summarise(config, [], failures, all_ok=True)
     _prepare_outputs(config, plans)
 
     nipype_config.update_config({
@@ -271,20 +271,21 @@ def run_participant(config: RunConfig) -> int:
         "monitoring": {"enabled": False},
     })
     workflow = init_bids_agquant_wf(config, plans, agents)
-    reports_ok = True
+    reports_ok, run_ok = True, True
     try:
         workflow.run(plugin=config.plugin, plugin_args=_plugin_settings(config))
     except RuntimeError as exc:
         LOGGER.error("some processing steps failed: %s", exc)
+        run_ok = False
     finally:
         write_derivative_description(config.output_dir, config.bids_dir,
                                      contours_dir=config.contours_dir)
         if config.plugin != "SLURMGraph":  # SLURMGraph returns once the jobs are queued
             reports_ok = all([_write_report(config, plan) for plan in plans])
-    return _summarise(config, plans, failures, reports_ok)
+    return _summarise(config, plans, failures, reports_ok and run_ok)
 
 
-def _summarise(config: RunConfig, plans, failures: dict, reports_ok: bool) -> int:
+def _summarise(config: RunConfig, plans, failures: dict, all_ok: bool) -> int:
     """Say which participants failed and return the run's exit code."""
     crashed = {plan.subject: _crashed(config, plan) for plan in plans}
     crashed = {subject: files for subject, files in crashed.items() if files}
@@ -302,7 +303,7 @@ def _summarise(config: RunConfig, plans, failures: dict, reports_ok: bool) -> in
         LOGGER.error("FAILED: %s", ", ".join(f"sub-{s}" for s in failed))
     if failures:
         return max(exc.exit_code for exc in failures.values())
-    return 1 if crashed or not reports_ok else 0
+    return 1 if crashed or not all_ok else 0
 
 
 def run_group(config: RunConfig) -> int:
