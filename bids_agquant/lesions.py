@@ -385,7 +385,7 @@ def lesion_concentration_features(
         Histogram bin width for the entropy (bins ``[k w, (k + 1) w)`` anchored at 0).
     bin_edges_mg_per_L : iterable of float
         Increasing edges of the mass-concentration bins; bins are ``<= e1``,
-        ``(e1, e2]``, ..., ``> en``.
+        ``(e1, e2]``, ..., ``> en``. No edges, no ``vol_pct_mass_...`` columns.
 
     Returns
     -------
@@ -433,8 +433,9 @@ def lesion_concentration_features(
         with np.errstate(invalid="ignore", divide="ignore"):
             columns[f"{name}_uqmean"] = np.where(n_up > 0, s_up / n_up, np.nan)
         if name == "gd_mM":
-            columns["gd_entropy_bits"] = _grouped_entropy(np.floor(v / width), g, counts)
-        if name == "mass_mg_per_L":
+            with np.errstate(over="ignore"):  # |v| / width beyond float64: an inf bin
+                columns["gd_entropy_bits"] = _grouped_entropy(np.floor(v / width), g, counts)
+        if name == "mass_mg_per_L" and edges:  # no edges: no bins (not a None-None bin)
             bounds = [None, *edges, None]
             for low, high in zip(bounds[:-1], bounds[1:], strict=True):
                 inside = np.ones(v.shape, bool)
@@ -454,11 +455,15 @@ def _grouped_entropy(bins: np.ndarray, group: np.ndarray, counts: np.ndarray) ->
     out = np.full(counts.shape, np.nan)
     if bins.size == 0:
         return out
-    pairs = np.stack([group, bins.astype(np.int64)], axis=1)
+    # Bin indices stay float64 (``+ 0.0`` merges -0.0 into 0.0): an int64 cast overflowed
+    # beyond |C| = 2**63 * width (4.6e16 mM at the default width), with a warning, and
+    # put all those voxels into one bin.
+    pairs = np.stack([group.astype(np.float64), bins + 0.0], axis=1)
     unique, occupancy = np.unique(pairs, axis=0, return_counts=True)
-    p = occupancy / counts[unique[:, 0]]
+    lesion = unique[:, 0].astype(np.int64)
+    p = occupancy / counts[lesion]
     terms = -p * np.log2(p)
-    entropy = np.bincount(unique[:, 0], weights=terms, minlength=counts.size)
+    entropy = np.bincount(lesion, weights=terms, minlength=counts.size)
     return np.where(counts > 0, entropy, np.nan)
 
 
@@ -501,14 +506,28 @@ def limit_of_quantification(
     numpy.ndarray
         LoQ of the mean ΔR1 (1/s) for each size; NaN when fewer than 20 region means fit in
         the normal tissue.
+
+    Raises
+    ------
+    ValueError
+        If a size is negative or not finite.
     """
     dr1 = np.asarray(delta_r1_per_s, dtype=np.float64)
     mask = np.asarray(normal_mask, bool) & np.isfinite(dr1)
     values = np.where(mask, dr1, 0.0)
     weights = mask.astype(np.float64)
-    sides = [max(1, round(float(n) ** (1.0 / 3.0))) for n in n_voxels]
+    sizes = [float(n) for n in n_voxels]
+    # a negative size crashed with a TypeError (complex cube root), NaN with int(NaN)
+    if not all(np.isfinite(n) and n >= 0 for n in sizes):
+        raise ValueError(f"n_voxels must be finite sizes >= 0, got {sizes}")
+    sides = [max(1, round(n ** (1.0 / 3.0))) for n in sizes]
     by_side = {}
     for side in set(sides):  # lesions of one cube size share the (full-volume) filtering
+        if side > min(dr1.shape, default=0):
+            # no cube of this side fits in the grid (NaN below anyway); filtering with a
+            # huge window would only exhaust the memory
+            by_side[side] = np.nan
+            continue
         total = ndimage.uniform_filter(values, size=side, mode="constant")
         count = ndimage.uniform_filter(weights, size=side, mode="constant")
         full = mask & (count > 0.999)  # cubes lying entirely in normal tissue
@@ -524,8 +543,10 @@ def limit_of_quantification(
 
 def _equivalent_radii_mm(lab: np.ndarray, aff: np.ndarray) -> np.ndarray:
     """Equivalent-sphere radius (mm) of every label present, in label order."""
-    counts = np.bincount(lab.ravel())[1:]
-    volume_mm3 = counts[counts > 0] * abs(float(np.linalg.det(aff[:3, :3])))
+    # np.unique, not np.bincount: ids need not be contiguous and a bincount allocates one
+    # counter per integer up to the largest id (16 GB for an id of 2**31 - 1).
+    counts = np.unique(lab[lab > 0], return_counts=True)[1]
+    volume_mm3 = counts * abs(float(np.linalg.det(aff[:3, :3])))
     return np.cbrt(3.0 * volume_mm3 / (4.0 * np.pi))
 
 
@@ -556,25 +577,47 @@ def control_rois(
     affine : numpy.ndarray, shape (4, 4)
         Voxel-to-world affine, mm.
     n_rois, radius_mm, margin_mm
-        Number of spheres, their radius and the distance kept from the lesions, mm.
+        Number of spheres (0: none), their radius (> 0) and the distance kept from the
+        lesions (>= 0), mm.
 
     Returns
     -------
     numpy.ndarray of int16
         Label image with the spheres labelled 1..n (fewer if they do not fit).
+
+    Raises
+    ------
+    ValueError
+        If ``n_rois`` is negative, ``radius_mm`` is not a positive number, ``margin_mm`` is
+        negative or not finite, or ``tissue_mask`` does not have the shape of ``labels``.
     """
     lab = _check_labels(labels)
     aff = _check_affine(affine)
     tissue = np.asarray(tissue_mask, bool)
+    if tissue.shape != lab.shape:
+        raise ValueError(f"tissue_mask has shape {tissue.shape}, labels {lab.shape}")
+    if int(n_rois) < 0:
+        raise ValueError(f"n_rois must be >= 0, got {n_rois!r}")
+    if radius_mm is not None and not (np.isfinite(radius_mm) and radius_mm > 0):
+        raise ValueError(f"radius_mm must be a positive number of mm, got {radius_mm!r}")
+    if not (np.isfinite(margin_mm) and margin_mm >= 0):
+        raise ValueError(f"margin_mm must be >= 0 mm, got {margin_mm!r}")
     spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    out = np.zeros(lab.shape, np.int16)
+    if int(n_rois) == 0:  # returned one sphere before: the first is placed unconditionally
+        return out
     if radius_mm is None:
         radii = _equivalent_radii_mm(lab, aff)
         radius_mm = max(4.0, float(np.median(radii))) if radii.size else 5.0
-    inside = ndimage.distance_transform_edt(tissue, sampling=spacing)
+    # Distance to non-tissue, the outside of the grid included (one-voxel non-tissue pad):
+    # a sphere must lie inside the known tissue. Without the pad a mask filling the grid has
+    # no background voxel and scipy's EDT measures from a virtual corner (-1, -1, -1):
+    # spheres were cut by the far faces of the grid, never by the near ones.
+    inside = ndimage.distance_transform_edt(np.pad(tissue, 1), sampling=spacing)
+    inside = inside[1:-1, 1:-1, 1:-1]
     away = (ndimage.distance_transform_edt(lab == 0, sampling=spacing) if lab.any()
             else np.full(lab.shape, np.inf))
     candidates = np.argwhere((inside >= radius_mm) & (away >= radius_mm + margin_mm))
-    out = np.zeros(lab.shape, np.int16)
     if candidates.size == 0:
         return out
     points = candidates @ aff[:3, :3].T

@@ -76,6 +76,17 @@ LUT_B1_STEP = 0.01
 #: Slack (s) allowed in the timing-feasibility checks, for rounding in sidecar values.
 _TIMING_TOLERANCE_S = 1e-9
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+#: UNI tolerance that delimits a flat maximum of ``UNI(T1)`` in the lookup tables (see
+#: :func:`_build_lookup`); float64 evaluation noise is ~1e-16, float32 UNI resolution 3e-8.
+_PLATEAU_UNI = 1e-10
+
+#: Largest change of log T1 at one tabulated UNI position between two adjacent B1 rows of
+#: the lookup table across which T1 is still interpolated (see :func:`_build_lookup`): a
+#: factor 1.65 tells two different branches apart from one branch moving with B1.
+_MAX_B1_ROW_JUMP = 0.5
+
 
 class MP2RAGETimingError(ValueError):
     """An MP2RAGE protocol is invalid or its timing is infeasible.
@@ -482,6 +493,22 @@ def uni_from_signals(
                 den = x * x + y * y
             ok = np.isfinite(num) & np.isfinite(den) & (den > 0)
             uni = np.divide(num, den, out=np.zeros_like(num), where=ok)
+            # Finite, not both zero, but the squares overflow (|S| > ~1e154) or underflow
+            # (|S| < ~1e-162): UNI is scale-free, so recompute those few voxels on signals
+            # divided by max(|S1|, |S2|) instead of returning 0, a valid-looking UNI (T1
+            # near the INV1 zero crossing).
+            redo = ~ok & np.isfinite(x) & np.isfinite(y) & ((x != 0) | (y != 0))
+            if redo.any():
+                parts = [x[redo].real, x[redo].imag, y[redo].real, y[redo].imag]
+                if not np.iscomplexobj(x):
+                    parts = parts[::2]
+                scale = np.maximum.reduce([np.abs(part) for part in parts])
+                parts = [part / scale for part in parts]  # largest |part| is 1: no overflow
+                if len(parts) == 4:
+                    num_r = parts[0] * parts[2] + parts[1] * parts[3]
+                else:
+                    num_r = parts[0] * parts[1]
+                uni[redo] = num_r / sum(part * part for part in parts)
         np.clip(uni, -0.5, 0.5, out=uni)
         out[sl] = uni
     return out.reshape(a.shape, order=order)
@@ -509,12 +536,9 @@ def uni_from_unit1(unit1: ArrayLike) -> np.ndarray:
         is probably already a UNI in ``[-0.5, 0.5]``).
     """
     arr = np.asarray(unit1)
-    values = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(values)
+    finite, vmin, vmax = _finite_range(arr)
     if not finite.any():
         raise ValueError("UNIT1 image has no finite value")
-    vmin = float(values.min(where=finite, initial=np.inf))
-    vmax = float(values.max(where=finite, initial=-np.inf))
     if vmax > UNIT1_SCALE + 1.0 or vmin < -1.0:
         raise ValueError(
             f"UNIT1 values span [{vmin:.6g}, {vmax:.6g}], not the scanner 0-4095 scale; "
@@ -525,10 +549,28 @@ def uni_from_unit1(unit1: ArrayLike) -> np.ndarray:
             f"UNIT1 values span [{vmin:.6g}, {vmax:.6g}]: this looks like a UNI image already "
             "in [-0.5, 0.5] (or an empty image), not the scanner 0-4095 scale"
         )
+    values = arr.astype(np.float32, copy=False)  # finite values are in [-1, 4096] here
     out = values / np.float32(UNIT1_SCALE) - np.float32(0.5)
     np.clip(out, -0.5, 0.5, out=out)
     out[~finite] = np.nan
     return out.astype(np.float32, copy=False)
+
+
+def _finite_range(arr: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Finite mask, min and max of the finite values (+inf, -inf if none) of ``arr``.
+
+    Computed in the input precision (float32 for narrower types): a float64 value beyond
+    the float32 range is finite and must be judged as such, not cast to inf first (which
+    warned and then silently dropped the value as "non-finite").
+    """
+    if arr.dtype.kind == "f" and arr.dtype.itemsize >= 8:
+        values = arr
+    else:
+        values = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(values)
+    vmin = float(values.min(where=finite, initial=np.inf))
+    vmax = float(values.max(where=finite, initial=-np.inf))
+    return finite, vmin, vmax
 
 
 _RADIAN_UNITS = frozenset({"rad", "rads", "radian", "radians"})
@@ -571,12 +613,13 @@ def phase_to_radians(phase: ArrayLike, units: str | None = None) -> tuple[np.nda
         above.
     """
     arr = np.asarray(phase)
-    values = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(values)
+    finite, vmin, vmax = _finite_range(arr)
     if not finite.any():
         raise ValueError("phase image has no finite value")
-    vmin = float(values.min(where=finite, initial=np.inf))
-    vmax = float(values.max(where=finite, initial=-np.inf))
+    # every accepted convention bounds the finite values by 4096: a value that overflows
+    # float32 here is rejected below, before any result is returned
+    with np.errstate(over="ignore"):
+        values = arr.astype(np.float32, copy=False)
     vabs = max(abs(vmin), abs(vmax))
     span = f"values in [{vmin:.6g}, {vmax:.6g}]"
     norm = None if units is None else str(units).strip().lower()
@@ -760,9 +803,28 @@ def _build_lookup(
     stop = np.argmin(u, axis=1)
     col = np.arange(n_t1)
     step_ok = np.diff(u, axis=1) < 0  # (n_rows, n_t1 - 1)
-    bad_step = ~step_ok & (col[np.newaxis, :-1] >= start[:, np.newaxis])
-    has_bad = bad_step.any(axis=1)
-    first_bad = np.where(has_bad, np.argmax(bad_step, axis=1), n_t1)
+
+    def first_bad_step(start: np.ndarray) -> np.ndarray:
+        bad_step = ~step_ok & (col[np.newaxis, :-1] >= start[:, np.newaxis])
+        return np.where(bad_step.any(axis=1), np.argmax(bad_step, axis=1), n_t1)
+
+    first_bad = first_bad_step(start)
+    # A flat maximum (UNI saturating at 0.5 for short T1, S1 ~ S2, e.g. 2 deg readouts) is
+    # a plateau of float64 rounding noise (steps of +-1e-16): its first "non-decreasing"
+    # step cut the branch to a few samples or dropped the row, so that voxels of a
+    # well-conditioned T1 (seconds) near that B1 were invalid. There, start the branch at
+    # the end of the plateau (UNI within _PLATEAU_UNI of the maximum: far below what a
+    # float32 UNI resolves, no identifiable T1 is lost), in every row with such a plateau
+    # (two samples or more after the argmax) so that neighbouring B1 rows stay alike.
+    # A peak (every realistic protocol) keeps the argmax, bit for bit.
+    leaves = (u < u[np.arange(n_rows), start][:, np.newaxis] - _PLATEAU_UNI) & (
+        col[np.newaxis, :] > start[:, np.newaxis]
+    )
+    plateau_end = np.where(leaves.any(axis=1), np.argmax(leaves, axis=1) - 1, n_t1 - 1)
+    flat = (plateau_end - start >= 2) | (first_bad < plateau_end)
+    if flat.any():
+        start = np.where(flat, plateau_end, start)
+        first_bad = first_bad_step(start)
     truncated = first_bad < stop
     stop = np.where(truncated, first_bad, stop)
     row_ok = np.all(np.isfinite(u), axis=1) & (stop - start >= 3)
@@ -783,7 +845,10 @@ def _build_lookup(
     lo = u_e
     mid = 0.5 * (hi + lo)
     half = 0.5 * (hi - lo)
-    row_ok &= np.isfinite(mid) & (half > 0)
+    # 1 / half is stored in float32: a UNI range narrower than 1 / float32 max (e.g. a
+    # readout flip angle of 1e-47 deg) cannot be resolved by a float32 UNI anyway; such a
+    # row is unusable, not an inf scale (which overflowed with a warning).
+    row_ok &= np.isfinite(mid) & (half * _F32_MAX > 1.0)
 
     in_branch = (col >= start[:, np.newaxis]) & (col <= stop[:, np.newaxis]) & row_ok[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -815,6 +880,18 @@ def _build_lookup(
     dih = np.zeros_like(ih_p)
     dmid[:n_rows] = mid_p[1:] - mid_p[:-1]
     dih[:n_rows] = ih_p[1:] - ih_p[:-1]
+    if n_rows > 1:
+        # Bilinear interpolation between two B1 rows is only meaningful if they tabulate
+        # one branch. Where T1 at a tabulated UNI position changes by more than
+        # _MAX_B1_ROW_JUMP (log) from one row to the next (0.01 B1 apart: the argmax
+        # jumped to another hump of a multi-humped UNI(T1); realistic protocols change by
+        # less than 0.01), voxels between them got a mixture of two branches: a
+        # valid-looking T1 whose UNI was off by up to 0.3. A NaN dmid makes that cell
+        # invalid (as next to an unusable row).
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_t1 = np.log(table[:n_rows, :n_x].astype(np.float64))
+            broken = np.any(np.abs(np.diff(log_t1, axis=0)) > _MAX_B1_ROW_JUMP, axis=1)
+        dmid[: n_rows - 1][broken] = np.nan
 
     nan = np.full(n_rows, np.nan)
     out = _Lookup(
@@ -1105,10 +1182,15 @@ def fit_t1_mp2rage(
             sel = idx[start : start + chunk]
             u_c = u_flat[sel]
             b_c = None if b1_flat is None else b1_flat[sel]
+        # Check the scale before the float32 cast: a float64 UNI beyond the float32 range
+        # would otherwise become inf (with a warning) and be silently invalid instead of
+        # rejected as "not a UNI image".
+        _check_uni_scale(u_c)
         u_c = u_c.astype(np.float32, copy=False)
         if b_c is not None:
-            b_c = b_c.astype(np.float32, copy=False)
-        _check_uni_scale(u_c)
+            # a B1 beyond the float32 range becomes inf, outside b1_range: invalid
+            with np.errstate(over="ignore"):
+                b_c = b_c.astype(np.float32, copy=False)
         t1_c, r1_c, ok_c = _lookup_chunk(u_c, b_c, lut)
         t1_out[sel] = t1_c
         r1_out[sel] = r1_c

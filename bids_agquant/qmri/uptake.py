@@ -45,13 +45,16 @@ def _positive_scalar(value: float, name: str) -> float:
 
 
 def _dose_or_nan(dose_mg_per_kg: ArrayLike | None, name: str = "dose_mg_per_kg") -> np.ndarray:
-    """Dose as float64 with 0 / None / NaN → NaN (placebo or missing); negative → error."""
+    """Dose as float64 with 0 / None / NaN / +inf → NaN (placebo or missing); negative → error.
+
+    +inf is not a dose: dividing by it gave 0 %ID/g, a plausible-looking number.
+    """
     if dose_mg_per_kg is None:
         return np.asarray(np.nan)
     dose = np.asarray(dose_mg_per_kg, dtype=np.float64)
     if np.any(dose < 0):
         raise ValueError(f"{name} must be >= 0 (0 means placebo), got {dose_mg_per_kg!r}")
-    return np.where(dose > 0, dose, np.nan)
+    return np.where((dose > 0) & np.isfinite(dose), dose, np.nan)
 
 
 def delta_r1(r1_post_per_s: ArrayLike, r1_pre_per_s: ArrayLike) -> np.ndarray:
@@ -171,9 +174,10 @@ def percent_injected_dose_per_g(
     mass_mg_per_L : array_like
         Particle mass concentration in mg/L.
     dose_mg_per_kg : array_like or None
-        Administered dose in mg/kg. ``0``, ``None`` or NaN (placebo / unknown) give NaN.
+        Administered dose in mg/kg. ``0``, ``None``, NaN or +inf (placebo / unknown) give
+        NaN.
     weight_kg : array_like or None
-        Body weight in kg. ``0``, ``None`` or NaN (unknown) give NaN.
+        Body weight in kg. ``0``, ``None``, NaN or +inf (unknown) give NaN.
 
     Returns
     -------
@@ -215,9 +219,12 @@ def signal_enhancement_percent(
     """
     post = np.asarray(s_post, dtype=np.float64)
     pre = np.asarray(s_pre, dtype=np.float64)
-    ok = np.isfinite(pre) & (pre > float(min_pre))
+    # S_post must be finite too, as documented (an infinite S_post gave an infinite SE and
+    # inf - inf warnings); the placeholders keep the arithmetic warning-free.
+    ok = np.isfinite(pre) & np.isfinite(post) & (pre > float(min_pre))
     safe_pre = np.where(ok, pre, 1.0)
-    return np.where(ok, 100.0 * (post - pre) / safe_pre, np.nan)
+    safe_post = np.where(ok, post, 1.0)
+    return np.where(ok, 100.0 * (safe_post - safe_pre) / safe_pre, np.nan)
 
 
 def dose_normalised(
@@ -234,7 +241,8 @@ def dose_normalised(
     value : array_like
         Any uptake quantity (SE %, concentration, ...).
     dose_mg_per_kg : array_like or None
-        Administered dose in mg/kg. ``0``, ``None`` or NaN (placebo / unknown) give NaN.
+        Administered dose in mg/kg. ``0``, ``None``, NaN or +inf (placebo / unknown) give
+        NaN.
     reference_dose_mg_per_kg : float, optional
         Reference dose in mg/kg (default 100).
 

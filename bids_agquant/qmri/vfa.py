@@ -59,7 +59,10 @@ DEFAULT_TOLERANCE = 1e-6
 # (a power of two, so grid values are exact), sin/cos are tabulated on the grid and
 # corrected by a Taylor expansion of the remainder (|remainder * alpha| < 2e-4 rad).
 _B1_STEP = 2.0**-13
-_MAX_TABLE = 1 << 16  # b1 span above _MAX_TABLE * _B1_STEP = 8: evaluate sin/cos directly
+_MAX_TABLE = 1 << 16  # cap on the number of tabulated k (the table spans at most b1 0-4)
+# b1 >= _DIRECT_K * _B1_STEP = 4 (4x the nominal angle, outside any head): evaluate sin/cos
+# with libm, voxel by voxel; large angles keep libm accuracy and chunking does not matter
+_DIRECT_K = 1 << 15
 _TABLE_MARGIN = 512.0  # grid steps added on both sides when the table is (re)built
 
 # NLLS: T1 values (s) tried as a start where the linear fit is not usable.
@@ -77,6 +80,10 @@ _E1_WEIGHT_MAX = 1.0 - 1e-12
 # Iterative fits: compact the working arrays once this fraction of them has stopped.
 _COMPACT_FRACTION = 0.2
 _F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32
+# TR (s) for which T1 = -TR / ln(E1) and R1 = 1 / T1 are normal float32 numbers for every
+# float64 E1 in (0, 1): -ln(E1) lies in [1.1e-16, 745].
+_SAFE_TR_S = (1e-30, 1e21)
 # Linear fits need x values that differ: centred / raw sum of squares of x above this.
 _MIN_RELATIVE_SPREAD = 1e-12
 
@@ -246,10 +253,26 @@ class _AngleTable:
         if b1.size == 0:
             return np.empty((self.alpha.size, 0)), np.empty((self.alpha.size, 0))
         k = np.rint(b1 * (1.0 / _B1_STEP))
+        # Absurd B1 (>= _DIRECT_K * _B1_STEP = 4) is evaluated with libm, decided per voxel.
+        # The former per-chunk test (B1 span >= 8: whole chunk by libm) crashed for
+        # B1 > 2.2e304 (k = inf, span NaN -> int(NaN)) and made a voxel's result depend on
+        # the other voxels of its chunk, contrary to the chunk_voxels contract.
+        big = k >= _DIRECT_K
+        if big.any():
+            sin_a = np.empty((self.alpha.size, b1.size))
+            cos_a = np.empty((self.alpha.size, b1.size))
+            small = ~big
+            if small.any():
+                sin_a[:, small], cos_a[:, small] = self._sin_cos_table(b1[small], k[small])
+            angle = np.multiply.outer(self.alpha, b1[big])
+            sin_a[:, big] = np.sin(angle)
+            cos_a[:, big] = np.cos(angle)
+            return sin_a, cos_a
+        return self._sin_cos_table(b1, k)
+
+    def _sin_cos_table(self, b1: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`sin_cos` by the table, for ``k = rint(b1 / h)`` in ``[0, _DIRECT_K)``."""
         k_min, k_max = k.min(), k.max()
-        if k_max - k_min >= _MAX_TABLE:  # absurd B1 span: plain libm evaluation
-            angle = np.multiply.outer(self.alpha, b1)
-            return np.sin(angle), np.cos(angle)
         if k_min < self.k_lo or k_max > self.k_hi:
             # grow with a margin so that the next chunks (similar B1) reuse the table
             lo, hi = k_min - _TABLE_MARGIN, k_max + _TABLE_MARGIN
@@ -598,10 +621,23 @@ def _fit_chunk(
     neg_log_e1 *= -1.0  # > 0 (e1 < 1 means e1 <= 1 - 2**-53) and <= 745
     r1 = neg_log_e1 / tr
     t1 = tr / neg_log_e1
-    ok &= (t1 < _F32_MAX) & (np.abs(m0) < _F32_MAX)  # also False for non-finite m0
-    # float32 before the scatter into the output maps (a casting scatter is 2x slower)
-    t1 = np.multiply(t1, ok, dtype=np.float32)
-    r1 = np.multiply(r1, ok, dtype=np.float32)
+    # T1, R1 and M0 must be normal float32 numbers: a tiny M0 (signals ~1e-60) rounded to 0
+    # in a "valid" voxel, and with an extreme TR (e.g. 1e-44 s) a T1 that fits can have an
+    # R1 that overflows (R1 = inf and T1 rounded to 0 were flagged valid).
+    abs_m0 = np.abs(m0)
+    ok &= (abs_m0 >= _F32_TINY) & (abs_m0 < _F32_MAX)  # also False for NaN
+    if _SAFE_TR_S[0] <= tr <= _SAFE_TR_S[1]:
+        # T1 and R1 of every 0 < E1 < 1 (and of the E1 = 0.5 placeholder) are normal float32
+        # numbers; float32 before the scatter into the output maps (a casting scatter is
+        # 2x slower)
+        t1 = np.multiply(t1, ok, dtype=np.float32)
+        r1 = np.multiply(r1, ok, dtype=np.float32)
+    else:
+        ok &= (t1 >= _F32_TINY) & (t1 < _F32_MAX) & (r1 >= _F32_TINY) & (r1 < _F32_MAX)
+        # the placeholder T1 or R1 is inf in float32 here: inf * 0 would leave NaN, not
+        # the documented 0, in the maps of invalid voxels
+        t1 = np.where(ok, t1, 0.0).astype(np.float32)
+        r1 = np.where(ok, r1, 0.0).astype(np.float32)
     m0 = np.where(ok, m0, 0.0).astype(np.float32)
     return t1, r1, m0, ok
 
@@ -692,9 +728,11 @@ def fit_vfa(
     **Validity (all methods).** A voxel is invalid when it is outside the mask, any of its
     signals or its ``b1`` is non-finite, ``b1 <= 0``, its ``x`` values (nearly) coincide
     (centred sum of squares below 1e-12 of the raw one, e.g. zero signal), or the fitted
-    ``E1`` is not in the open interval (0, 1) (a negative or infinite T1). ``"wlls"`` and
-    ``"nlls"`` additionally require convergence within ``max_iterations`` and ``M0 > 0``;
-    ``"linear"`` keeps the rule of :func:`fit_vfa_linear` and does not test the sign of M0.
+    ``E1`` is not in the open interval (0, 1) (a negative or infinite T1), or T1, R1 or
+    ``|M0|`` is not a normal float32 number (1.2e-38 to 3.4e38: only extreme ``tr_s`` or
+    signal magnitudes get there). ``"wlls"`` and ``"nlls"`` additionally require
+    convergence within ``max_iterations`` and ``M0 > 0``; ``"linear"`` keeps the rule of
+    :func:`fit_vfa_linear` and does not test the sign of M0.
 
     **Noise model.** ``"wlls"`` and ``"nlls"`` assume independent Gaussian noise of equal
     variance on the magnitude signals of all flip angles (a good approximation of Rician
@@ -864,7 +902,8 @@ def fit_vfa_linear(
     A voxel is invalid when it is outside the mask, any of its signals or its ``b1`` is
     non-finite, ``b1 <= 0``, its ``x`` values (nearly) coincide (e.g. zero signal), or the
     fitted slope ``E1`` is not in the open interval (0, 1) (which would imply a negative
-    or infinite T1). Linear DESPOT1 is exact on noise-free data; with noise it weights
-    the angles unequally and T1 is biased (use ``fit_vfa(method="nlls")`` or ``"wlls"``).
+    or infinite T1), or T1, R1 or ``|M0|`` is not a normal float32 number. Linear
+    DESPOT1 is exact on noise-free data; with noise it weights the angles unequally and T1
+    is biased (use ``fit_vfa(method="nlls")`` or ``"wlls"``).
     """
     return fit_vfa(signals, flip_deg, tr_s, b1, mask, method="linear", chunk_voxels=chunk_voxels)
