@@ -621,6 +621,22 @@ def is_inside(path: Path, parent: Path) -> bool:
     return True
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give a finished temporary file normal permissions and move it to its final name.
+
+    ``mkstemp`` creates files readable by their owner only; a results folder shared by a
+    team needs the permissions any other new file would get (0666 minus the umask).
+    """
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text so that a reader never sees a partial file."""
     path = Path(path)
@@ -629,7 +645,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -645,7 +661,7 @@ def atomic_copy(src: Path, dst: Path) -> None:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        _publish(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -658,6 +674,7 @@ DESCRIPTIONS = {
                "T1 from the UNI contrast, optional B1+ correction)",
     "t1w": "Signal enhancement computed on the T1-weighted GRE images",
     "GTV": "Gross tumour volume contours, one integer label per lesion",
+    "preproc": "Session T1w rigidly registered and resampled (linear) onto the baseline T1w grid",
 }
 
 BIDSIGNORE = [

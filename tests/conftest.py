@@ -17,6 +17,25 @@ def dro2mm(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("dro") / "bids", participants=3, resolution_mm=2)
 
 
+@pytest.fixture(scope="session")
+def reference_run(dro2mm, tmp_path_factory):
+    """Participant then group level on ``dro2mm`` (validated, MultiProc), once per session.
+
+    Shared by the end-to-end and report tests (a run costs minutes). Returns a dict with
+    ``root``, ``bids``, ``truth``, ``out`` and ``work``. Tests may add runs into ``out`` and
+    ``work`` (a cached re-run) but must not delete or edit results others read.
+    """
+    from bids_agquant.cli.run import main
+
+    root = tmp_path_factory.mktemp("reference_run")
+    out, work = root / "out", root / "work"
+    common = [str(dro2mm.bids_dir), str(out)]
+    assert main([*common, "participant", "-w", str(work), "--nprocs", "2"]) == 0
+    assert main([*common, "group"]) == 0
+    return {"root": root, "bids": dro2mm.bids_dir, "truth": dro2mm.truth_dir, "out": out,
+            "work": work}
+
+
 def require_program(*names: str) -> None:
     """Skip the calling test when a system program is missing, unless CI requires it.
 

@@ -16,24 +16,15 @@ import pandas as pd
 import pytest
 
 from bids_agquant.bids import find_validator
-from bids_agquant.cli.demo import main as demo_main
 from bids_agquant.cli.run import main as run_main
 from bids_agquant.interfaces.ants import ants_transform_to_ras
 
 pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    code = demo_main([str(root), "--nprocs", "2"])
-    assert code == 0
-    return {
-        "root": root,
-        "bids": root / "bids",
-        "truth": root / "bids_truth",
-        "out": root / "derivatives" / "bids-agquant",
-        "work": root / "work",
-    }
+def demo(reference_run):
+    """The shared participant + group run on the reference dataset (tests/conftest.py)."""
+    return reference_run
 
 
 def _truth_lesions(demo) -> pd.DataFrame:
@@ -86,6 +77,7 @@ def test_every_output_named_per_design(demo):
                 f"{stem}_space-D0_desc-t1w_enhancement.nii.gz",
                 f"{stem}_space-D0_desc-GTV_dseg.nii.gz", f"{stem}_desc-GTV_dseg.nii.gz",
                 f"{stem}_from-orig_to-D0_mode-image_xfm.mat",
+                f"{stem}_space-D0_desc-preproc_T1w.nii.gz",  # registration check (report)
             ]
             for method in methods:
                 expected += [
@@ -274,10 +266,12 @@ def test_rerun_reuses_the_nipype_cache_and_leaves_input_untouched(demo):
     assert _snapshot(demo["bids"]) == raw_before, "the input dataset was written to"
 
 
-def test_failed_node_exits_1_with_crash_file(demo, tmp_path):
+def test_vfa_flips_on_different_grids_are_refused_before_processing(demo, tmp_path, caplog):
+    """Flips are fitted voxel by voxel: a flip on another grid is caught by the pre-flight
+    checks (exit 65, file named, nothing written) instead of crashing a node half-way.
+    A failing node (exit 1, crash file, report) is tested in test_reports.py."""
     bids = tmp_path / "bids"
     shutil.copytree(demo["bids"], bids)
-    # A VFA image on another grid passes planning but makes the T1 fit fail.
     flip = bids / "sub-01" / "ses-D8" / "anat" / "sub-01_ses-D8_flip-2_VFA.nii.gz"
     img = nb.load(flip)
     nb.Nifti1Image(np.asarray(img.dataobj)[:-4], img.affine).to_filename(flip)
@@ -285,10 +279,9 @@ def test_failed_node_exits_1_with_crash_file(demo, tmp_path):
     code = run_main([str(bids), str(out), "participant", "--participant-label", "01",
                      "--session-label", "D8", "-w", str(tmp_path / "work"),
                      "--skip-bids-validation", "--sloppy"])
-    assert code == 1
-    crashes = list((out / "sub-01" / "log").glob("*/crash-*.txt"))
-    assert crashes and "must share one grid" in crashes[0].read_text()
-    assert (out / "dataset_description.json").is_file()
+    assert code == 65
+    assert flip.name in caplog.text and "different voxel grid" in caplog.text
+    assert not out.exists()
 
 
 def test_persistence_ratios_match_truth(demo):

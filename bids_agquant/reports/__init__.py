@@ -1,0 +1,29 @@
+"""Self-contained HTML QC reports (DESIGN.md §7): ``sub-<id>.html`` and ``group.html``.
+
+``participant`` and ``group`` assemble what the runs wrote; ``figures`` draws (matplotlib,
+embedded PNG/SVG); ``quality`` holds the pure numbers behind the warnings; ``core`` renders
+the jinja2 templates of ``bids_agquant/data/templates`` with autoescape on. The modules are
+imported on first use (matplotlib and jinja2 are not needed to build a workflow).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["write_group_report", "write_participant_report"]
+
+
+def write_participant_report(output_dir: Path, subject: str, *, bids_dir: Path, run_uuid: str,
+                             mass_max_mg_per_l: float = 300.0) -> Path:
+    """Write ``output_dir/sub-<id>.html``; see :mod:`bids_agquant.reports.participant`."""
+    from .participant import write_participant_report as write
+
+    return write(output_dir, subject, bids_dir=bids_dir, run_uuid=run_uuid,
+                 mass_max_mg_per_l=mass_max_mg_per_l)
+
+
+def write_group_report(output_dir: Path, *, bids_dir: Path | None = None) -> Path:
+    """Write ``output_dir/group.html``; see :mod:`bids_agquant.reports.group`."""
+    from .group import write_group_report as write
+
+    return write(output_dir, bids_dir=bids_dir)

@@ -22,6 +22,7 @@ from ..config import AgentParameters, RunConfig, agent_for_timepoint
 from ..interfaces.ants import ApplyTransforms
 from ..interfaces.lesions import LesionTable, Persistence, PrepareContours
 from ..interfaces.qmri import ComputeUptake, SignalEnhancement, SignalMask
+from ..interfaces.reports import RegistrationQuality
 from .outputs import UNITS, ds_node, t1map_metadata
 from .registration import init_rigid_registration_wf
 from .t1map import init_t1map_wf
@@ -196,6 +197,8 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
         t1w_ref = _resample(f"t1w_{suffix}_to_ref", reference=ref_t1w, input_image=str(tp.t1w),
                             out_name="t1w.nii.gz")
         workflow.connect(session_xfm, "out", t1w_ref, "transforms")
+        _connect_registration_qc(workflow, plan, config, tp, t1w_ref=t1w_ref, ref_mask=ref_mask,
+                                 labels_ref=labels_ref)
         enhancement = pe.Node(SignalEnhancement(pre=ref_t1w), name=f"enhancement_{suffix}")
         workflow.connect(t1w_ref, "output_image", enhancement, "post")
         ds_se = ds_node(output_dir=out, plan=plan, timepoint=tp, space=ref_label, desc="t1w",
@@ -249,6 +252,35 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig, agent: AgentPa
     if labels_ref is not None:
         _connect_persistence(workflow, plan, config, same_agent)
     return workflow
+
+
+def _connect_registration_qc(workflow, plan, config, tp, *, t1w_ref, ref_mask, labels_ref):
+    """The session T1w in reference space (``space-<ref>_desc-preproc_T1w``) for the report's
+    registration check, with its similarity to the baseline T1w in the sidecar
+    (``RegistrationQuality``: correlation and NMI, head without lesions, before and after)."""
+    bids_dir = Path(config.bids_dir)
+    base = plan.baseline
+    ref_uri = bids_uri(base.t1w, bids_dir)
+    quality = pe.Node(RegistrationQuality(fixed_image=str(base.t1w), moving_image=str(tp.t1w)),
+                      name=f"registration_quality_{tp.node_suffix}", mem_gb=0.5)
+    workflow.connect([
+        (t1w_ref, quality, [("output_image", "registered_image")]),
+        (ref_mask, quality, [("out_mask", "mask")]),
+    ])
+    if labels_ref is not None:
+        workflow.connect(labels_ref, "output_image", quality, "exclude_labels")
+    ds_t1w = ds_node(output_dir=str(config.output_dir), plan=plan, timepoint=tp,
+                     space=plan.reference_label, desc="preproc", suffix="T1w",
+                     name=f"ds_t1w_ref_{tp.node_suffix}",
+                     metadata={"Sources": [bids_uri(tp.t1w, bids_dir), ref_uri],
+                               "SpatialReference": ref_uri, "Units": "arbitrary",
+                               "Resampling": "ANTs linear, rigid session-to-baseline transform "
+                                             "(from-orig_to-<ref> xfm)",
+                               "SkullStripped": False})
+    workflow.connect([
+        (t1w_ref, ds_t1w, [("output_image", "in_file")]),
+        (quality, ds_t1w, [("metadata", "extra_metadata")]),
+    ])
 
 
 def _connect_persistence(workflow, plan, config, timepoints_by_method):
