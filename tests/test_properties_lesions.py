@@ -14,18 +14,18 @@ Plain regression tests of the bugs these properties found are at the end of the 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import os
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+# shared hypothesis profiles (tests/hypothesis_profiles.py)
+from hypothesis_profiles import no_float_warnings, props
 
 from bids_agquant.lesions import (
     MEASURABLE_TOLERANCE_MM,
@@ -39,37 +39,6 @@ from bids_agquant.lesions import (
     line_profiles,
     persistence_table,
 )
-
-# ----------------------------------------------------------------------------- profiles
-
-settings.register_profile(
-    "bids-agquant-ci",
-    derandomize=True,  # reproducible CI runs
-    database=None,  # never write .hypothesis/ into the source tree (tests run concurrently)
-    deadline=None,
-    print_blob=True,
-)
-settings.register_profile(
-    "bids-agquant-thorough", parent=settings.get_profile("bids-agquant-ci"), derandomize=False
-)
-_PROFILE = settings.get_profile(
-    os.environ.get("BIDS_AGQUANT_HYPOTHESIS_PROFILE", "bids-agquant-ci")
-)
-_SCALE = 10 if not _PROFILE.derandomize else 1
-
-
-def props(max_examples: int, **kwargs) -> settings:
-    """Settings of one property: the module profile with its own example budget."""
-    return settings(_PROFILE, max_examples=max_examples * _SCALE, **kwargs)
-
-
-@contextlib.contextmanager
-def no_float_warnings():
-    """Turn RuntimeWarnings (overflow, invalid value, divide by zero...) into errors."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
-
 
 # ----------------------------------------------------------------------------- strategies
 

@@ -13,16 +13,16 @@ Plain regression tests of the bugs these properties found are at the end of the 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+# shared hypothesis profiles (tests/hypothesis_profiles.py)
+from hypothesis_profiles import no_float_warnings, props
 
 from bids_agquant.qmri import mp2rage as mp
 from bids_agquant.qmri.b1 import b1_to_fraction
@@ -47,36 +47,6 @@ from bids_agquant.qmri.uptake import (
     signal_enhancement_percent,
 )
 from bids_agquant.qmri.vfa import VFA_METHODS, fit_vfa, fit_vfa_linear, spgr_signal
-
-# ----------------------------------------------------------------------------- profiles
-
-settings.register_profile(
-    "bids-agquant-ci",
-    derandomize=True,  # reproducible CI runs
-    database=None,  # never write .hypothesis/ into the source tree (tests run concurrently)
-    deadline=None,  # the first call of a protocol builds its lookup table (~0.1 s)
-    print_blob=True,
-)
-settings.register_profile(
-    "bids-agquant-thorough", parent=settings.get_profile("bids-agquant-ci"), derandomize=False
-)
-_PROFILE = settings.get_profile(
-    os.environ.get("BIDS_AGQUANT_HYPOTHESIS_PROFILE", "bids-agquant-ci")
-)
-_SCALE = 10 if not _PROFILE.derandomize else 1
-
-
-def props(max_examples: int, **kwargs) -> settings:
-    """Settings of one property: the module profile with its own example budget."""
-    return settings(_PROFILE, max_examples=max_examples * _SCALE, **kwargs)
-
-
-@contextlib.contextmanager
-def no_float_warnings():
-    """Turn RuntimeWarnings (overflow, invalid value, divide by zero...) into errors."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
 
 F32_MAX = float(np.finfo(np.float32).max)
 

@@ -225,6 +225,31 @@ def _plugin_settings(config: RunConfig) -> dict:
     return dict(config.plugin_args)
 
 
+def _request_node_resources(workflow, plugin_args: dict) -> None:
+    """Under SLURM/SLURMGraph, ask for each node's own memory and cores (``mem_gb``,
+    ``n_procs``) unless the user's ``sbatch_args`` already fix them for every job.
+
+    Nipype appends a node's ``sbatch_args`` to the global ones without a separator, hence the
+    leading space; sbatch takes the last value of a repeated option.
+    """
+    import math
+    import re
+
+    user = str(plugin_args.get("sbatch_args", ""))
+    fixed_mem = "--mem" in user
+    fixed_cpus = re.search(r"(^|\s)(-c|--cpus-per-task)(\s|=|\d)", user) is not None
+    for node in workflow._get_all_nodes():
+        extra = ""
+        if not fixed_mem:
+            extra += f" --mem={math.ceil(node.mem_gb * 1024)}M"
+        if not fixed_cpus:
+            extra += f" --cpus-per-task={node.n_procs}"
+        if extra:
+            node.plugin_args = {**(node.plugin_args or {}),
+                                "sbatch_args": (node.plugin_args or {}).get("sbatch_args", "")
+                                + extra}
+
+
 def _crashed(config: RunConfig, plan) -> list[Path]:
     log_dir = config.output_dir / f"sub-{plan.subject}" / "log" / config.run_uuid
     return sorted(log_dir.glob("crash-*")) if log_dir.is_dir() else []
@@ -271,17 +296,26 @@ def run_participant(config: RunConfig) -> int:
         "monitoring": {"enabled": False},
     })
     workflow = init_bids_agquant_wf(config, plans, agents)
+    plugin_args = _plugin_settings(config)
+    if config.plugin in ("SLURM", "SLURMGraph"):
+        _request_node_resources(workflow, plugin_args)
     reports_ok, run_ok = True, True
     try:
-        workflow.run(plugin=config.plugin, plugin_args=_plugin_settings(config))
+        workflow.run(plugin=config.plugin, plugin_args=plugin_args)
     except RuntimeError as exc:
         LOGGER.error("some processing steps failed: %s", exc)
         run_ok = False
     finally:
         write_derivative_description(config.output_dir, config.bids_dir,
                                      contours_dir=config.contours_dir)
-        if config.plugin != "SLURMGraph":  # SLURMGraph returns once the jobs are queued
+        if config.plugin != "SLURMGraph":
             reports_ok = all([_write_report(config, plan) for plan in plans])
+    if config.plugin == "SLURMGraph" and run_ok:
+        # SLURMGraph returns once every node is queued: nothing is finished yet.
+        LOGGER.info("jobs queued for %s; outputs appear as they finish (squeue). Re-run the "
+                    "same command with the default plugin afterwards: it reuses the cache and "
+                    "writes the HTML reports", ", ".join(f"sub-{p.subject}" for p in plans))
+        return _summarise(config, [], failures, all_ok=True)
     return _summarise(config, plans, failures, reports_ok and run_ok)
 
 
