@@ -19,21 +19,38 @@ def dro2mm(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference_run(dro2mm, tmp_path_factory):
-    """Participant then group level on ``dro2mm`` (validated, MultiProc), once per session.
+    """Participant then group level on ``dro2mm``, once per session, made the way a cluster
+    makes it: one ``bids-agquant`` process per participant, all at once, into one output and
+    one work directory (validated input, one core each); then the group level.
 
-    Shared by the end-to-end and report tests (a run costs minutes). Returns a dict with
-    ``root``, ``bids``, ``truth``, ``out`` and ``work``. Tests may add runs into ``out`` and
-    ``work`` (a cached re-run) but must not delete or edit results others read.
+    Shared by the end-to-end, report and parallel-safety tests (a run costs minutes). Returns
+    a dict with ``root``, ``bids``, ``truth``, ``out``, ``work`` and ``subjects``. Tests may
+    add runs into ``out`` and ``work`` (a cached re-run) but must not delete or edit results
+    others read.
     """
+    import os
+    import subprocess
+    import sys
+
     from bids_agquant.cli.run import main
 
     root = tmp_path_factory.mktemp("reference_run")
     out, work = root / "out", root / "work"
-    common = [str(dro2mm.bids_dir), str(out)]
-    assert main([*common, "participant", "-w", str(work), "--nprocs", "2"]) == 0
-    assert main([*common, "group"]) == 0
+    subjects = sorted(p.name[4:] for p in dro2mm.bids_dir.glob("sub-*") if p.is_dir())
+    env = {**os.environ, "NIPYPE_NO_ET": "1"}
+    jobs = {
+        subject: subprocess.Popen(
+            [sys.executable, "-m", "bids_agquant.cli.run", str(dro2mm.bids_dir), str(out),
+             "participant", "--participant-label", subject, "-w", str(work), "--nprocs", "1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for subject in subjects
+    }
+    errors = {subject: job.communicate(timeout=3600)[1] for subject, job in jobs.items()}
+    for subject, job in jobs.items():
+        assert job.returncode == 0, f"sub-{subject}: {errors[subject][-3000:]}"
+    assert main([str(dro2mm.bids_dir), str(out), "group"]) == 0
     return {"root": root, "bids": dro2mm.bids_dir, "truth": dro2mm.truth_dir, "out": out,
-            "work": work}
+            "work": work, "subjects": subjects}
 
 
 def require_program(*names: str) -> None:

@@ -10,9 +10,6 @@ raw dataset in memory (no shared pybids database) and runs its own participant s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -21,20 +18,10 @@ from bids_agquant.bids import BIDSIGNORE
 
 
 @pytest.mark.slow
-def test_three_concurrent_participant_jobs_share_one_output_directory(dro2mm, tmp_path):
-    out, work = tmp_path / "out", tmp_path / "work"  # one output and one work dir for all
-    env = {**os.environ, "NIPYPE_NO_ET": "1"}
-    jobs = {
-        sub: subprocess.Popen(
-            [sys.executable, "-m", "bids_agquant.cli.run", str(dro2mm.bids_dir), str(out),
-             "participant", "--participant-label", sub, "-w", str(work), "--nprocs", "1",
-             "--skip-bids-validation"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for sub in ("01", "02", "03")
-    }
-    errors = {sub: job.communicate(timeout=1800)[1] for sub, job in jobs.items()}
-    for sub, job in jobs.items():
-        assert job.returncode == 0, f"sub-{sub}: {errors[sub][-3000:]}"
+def test_three_concurrent_participant_jobs_share_one_output_directory(reference_run):
+    """The shared reference run is three concurrent participant jobs (tests/conftest.py)."""
+    out, truth_dir = reference_run["out"], reference_run["truth"]
+    assert reference_run["subjects"] == ["01", "02", "03"]
 
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
@@ -44,10 +31,10 @@ def test_three_concurrent_participant_jobs_share_one_output_directory(dro2mm, tm
     assert {"desc-vfa", "desc-mp2rage", "desc-GTV"} <= set(descriptions["desc_id"])
     assert not list(out.rglob(".*.tmp"))
 
-    truth = pd.read_csv(dro2mm.truth_dir / "lesions.tsv", sep="\t", na_values=["n/a"])
+    truth = pd.read_csv(truth_dir / "lesions.tsv", sep="\t", na_values=["n/a"])
     for sub in ("01", "02", "03"):
-        logs = list((out / f"sub-{sub}" / "log").glob("*/bids_agquant.toml"))
-        assert len(logs) == 1 and f'participant_label = ["{sub}"]' in logs[0].read_text()
+        logs = sorted((out / f"sub-{sub}" / "log").glob("*/bids_agquant.toml"))
+        assert logs and f'participant_label = ["{sub}"]' in logs[0].read_text()  # own job
         assert not list((out / f"sub-{sub}" / "log").rglob("crash-*"))
         tables = list((out / f"sub-{sub}").rglob("*_lesions.tsv"))
         rows = pd.concat(pd.read_csv(t, sep="\t", na_values=["n/a"]) for t in tables)

@@ -256,10 +256,8 @@ def _uuid(out: Path, subject: str) -> str:
 @pytest.fixture(scope="module")
 def reference_run(reference_run):
     """The shared participant + group run (tests/conftest.py), with its run ids."""
-    out = reference_run["out"]
-    subjects = sorted(p.name[4:] for p in out.glob("sub-*") if p.is_dir())
-    return {**reference_run, "subjects": subjects,
-            "uuid": {s: _uuid(out, s) for s in subjects}}
+    out, subjects = reference_run["out"], reference_run["subjects"]
+    return {**reference_run, "uuid": {s: _uuid(out, s) for s in subjects}}
 
 
 @pytest.fixture(scope="module")
