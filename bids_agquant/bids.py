@@ -621,10 +621,14 @@ def is_inside(path: Path, parent: Path) -> bool:
     return True
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = _read_umask()
 
 
 def _publish(tmp: str, path: Path) -> None:
@@ -633,7 +637,7 @@ def _publish(tmp: str, path: Path) -> None:
     ``mkstemp`` creates files readable by their owner only; a results folder shared by a
     team needs the permissions any other new file would get (0666 minus the umask).
     """
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
 
 
