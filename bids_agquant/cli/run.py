@@ -109,6 +109,7 @@ def check_paths(config: RunConfig) -> None:
             raise InputError(f"{path}: cannot create {name}: {existing} is a file",
                              EX_CANTCREAT)
 
+
 def validate_bids(bids_dir: Path) -> None:
     """Run bids-validator-deno on the input; raise InputError(16) when it reports errors."""
     exe = find_validator()
