@@ -23,18 +23,24 @@ LOGGER = logging.getLogger("bids_agquant")
 _GRID_TOLERANCE_MM = 1e-3
 
 
-def plan_images(plan: ParticipantPlan) -> list[tuple[Path, str]]:
-    """Every input image of ``plan`` with its role (``T1w``, ``VFA``, ``MP2RAGE``, ``B1``)."""
+def timepoint_images(tp: Timepoint) -> list[tuple[Path, str]]:
+    """Every input image of one timepoint with its role (``T1w``, ``VFA``, ``MP2RAGE``,
+    ``B1``)."""
     images: list[tuple[Path, str]] = []
-    for tp in [plan.baseline, *plan.posts]:
-        if tp.t1w is not None:
-            images.append((tp.t1w, "T1w"))
-        if tp.vfa is not None:
-            images += [(f, "VFA") for f in tp.vfa.files]
-        if tp.mp2rage is not None:
-            images += [(f, "MP2RAGE") for f in tp.mp2rage.files]
-        if tp.b1map is not None:
-            images.append((tp.b1map, "B1"))
+    if tp.t1w is not None:
+        images.append((tp.t1w, "T1w"))
+    if tp.vfa is not None:
+        images += [(f, "VFA") for f in tp.vfa.files]
+    if tp.mp2rage is not None:
+        images += [(f, "MP2RAGE") for f in tp.mp2rage.files]
+    if tp.b1map is not None:
+        images.append((tp.b1map, "B1"))
+    return images
+
+
+def plan_images(plan: ParticipantPlan) -> list[tuple[Path, str]]:
+    """Every input image of ``plan`` with its role, each once (a B1 map may serve twice)."""
+    images = [image for tp in [plan.baseline, *plan.posts] for image in timepoint_images(tp)]
     return list(dict.fromkeys(images))
 
 
@@ -142,7 +148,7 @@ def check_contours(plan: ParticipantPlan, images: dict[Path, nb.Nifti1Image]) ->
     timepoints = [plan.baseline, *plan.posts]
     own = [tp for tp in timepoints
            if (tp.session, tp.ceagent) == (contours.session, contours.ceagent)] or [plan.baseline]
-    candidates = [(p, role) for p, role in plan_images(_single(plan, own[0])) if role != "B1"]
+    candidates = [(p, role) for p, role in timepoint_images(own[0]) if role != "B1"]
     best_path, best_inside = None, None
     for path, _ in candidates:
         target = images[path]
@@ -163,11 +169,6 @@ def check_contours(plan: ParticipantPlan, images: dict[Path, nb.Nifti1Image]) ->
                      f"outside the field of view of {best_path.name} "
                      f"({int((~best_inside).sum())} voxel(s)); a cut lesion's volume and "
                      "statistics would be wrong", EX_DATAERR)
-
-
-def _single(plan: ParticipantPlan, tp: Timepoint) -> ParticipantPlan:
-    """A plan holding only ``tp`` (to list that timepoint's images)."""
-    return ParticipantPlan(plan.subject, tp, [], None)
 
 
 def check_plan(plan: ParticipantPlan) -> None:
