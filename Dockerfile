@@ -8,7 +8,7 @@
 # Python 3.11 slim image (default, Python in /usr/local) or a plain Debian root filesystem
 # (Debian's own python3 is 3.11 and is installed when missing). CI, which cannot pull from
 # Docker Hub, builds with `--build-arg BASE_IMAGE=localhost/debian:bookworm` made by
-# .ci/base_image.sh (debootstrap + podman import); see tests/test_containers.py.
+# .ci/base_image.sh (debootstrap + podman import); see tests/system/test_containers.py.
 # Dependencies are pinned by constraints.txt; nothing is downloaded at run time.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 

@@ -43,7 +43,7 @@ def main() -> None:
         subject = subject_dir.name[4:]
         run_uuid = sorted((subject_dir / "log").iterdir())[-1].name
         wall, cpu = time.perf_counter(), time.process_time()
-        path = write_participant_report(out, subject, bids_dir=bids, run_uuid=run_uuid)
+        path = write_participant_report(out, subject, run_uuid)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         print(f"  {path.name:<12}{wall:>8.1f}{cpu:>8.1f}{path.stat().st_size / 1e6:>9.2f}")
     wall, cpu = time.perf_counter(), time.process_time()

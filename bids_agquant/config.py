@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +19,19 @@ from pathlib import Path
 
 #: Default master seed: registration is reproducible unless the user asks otherwise.
 DEFAULT_SEED = 20201
+
+#: Session label of the pre-agent baseline (NanoRad D0); never inferred by sorting labels.
+DEFAULT_BASELINE_SESSION = "D0"
+
+#: Main field assumed when no sidecar states MagneticFieldStrength, tesla (both trials: 3 T).
+DEFAULT_FIELD_STRENGTH_T = 3.0
+
+#: Agent used for placebo or unknown-agent participants when the command line names none,
+#: so that a blinded analysis treats every participant the same way.
+DEFAULT_AGENT = "aguix-nanorad"
+
+#: Contours dataset relative to the raw dataset when ``--contours`` is not given.
+DEFAULT_CONTOURS_SUBDIR = Path("derivatives") / "contours"
 
 #: Values in participants.tsv ``agent`` meaning "no agent was given" (blinded placebo arm).
 PLACEBO_NAMES = frozenset({"placebo", "saline", "none", "n/a", ""})
@@ -86,7 +100,7 @@ def _field_key(field_strength_T: float) -> str:
 def resolve_agent(
     name: str | None,
     *,
-    field_strength_T: float = 3.0,
+    field_strength_T: float = DEFAULT_FIELD_STRENGTH_T,
     r1: float | None = None,
     gd_per_particle: float | None = None,
     molar_mass: float | None = None,
@@ -166,6 +180,29 @@ def agent_for_timepoint(ceagent: str | None, main: AgentParameters,
     return preset, f"ce-{ceagent} names the {preset.name} preset"
 
 
+def resolve_participant_agent(participant_agent: str | None, is_placebo: bool,
+                              config: RunConfig, field_strength_T: float) -> AgentParameters:
+    """The agent constants of one participant.
+
+    The command line's ``--agent`` wins; else the participants.tsv ``agent`` (unless it names
+    a placebo); else, when no ``--r1`` gives custom constants, :data:`DEFAULT_AGENT` (a
+    blinded analysis treats placebo and treated participants alike). Overrides (``--r1``,
+    ``--gd-per-particle``, ``--molar-mass``) apply in every case.
+
+    Raises
+    ------
+    ValueError
+        Unknown preset, or no relaxivity at ``field_strength_T`` and no ``--r1``.
+    """
+    name = config.agent
+    if name is None and participant_agent and not is_placebo:
+        name = participant_agent
+    if name is None and config.r1 is None:
+        name = DEFAULT_AGENT
+    return resolve_agent(name, field_strength_T=field_strength_T, r1=config.r1,
+                         gd_per_particle=config.gd_per_particle, molar_mass=config.molar_mass)
+
+
 def load_registration_parameters(sloppy: bool = False, voxel_size_mm: float = 1.0) -> dict:
     """antspyx ``registration`` keyword arguments for images of ``voxel_size_mm``.
 
@@ -190,17 +227,24 @@ def load_registration_parameters(sloppy: bool = False, voxel_size_mm: float = 1.
 
 @dataclass
 class RunConfig:
-    """Everything a run was asked to do (command line plus defaults)."""
+    """Everything a run was asked to do (command line plus defaults).
 
-    bids_dir: Path
-    output_dir: Path
-    analysis_level: str
-    work_dir: Path
+    Every default of the app lives here once: the command-line parser takes its defaults
+    from ``RunConfig()``, and the run writes the filled-in configuration as TOML
+    (``sub-<id>/log/<run>/bids_agquant.toml``) that the reports read back.
+    """
+
+    bids_dir: Path = Path(".")
+    output_dir: Path = Path("derivatives")
+    analysis_level: str = "participant"
+    work_dir: Path = Path("work")
     participant_label: list[str] = field(default_factory=list)
     session_label: list[str] = field(default_factory=list)
-    baseline_session: str = "D0"
+    baseline_session: str = DEFAULT_BASELINE_SESSION
+    #: ``None`` means ``bids_dir / DEFAULT_CONTOURS_SUBDIR`` (filled in by ``__post_init__``).
     contours_dir: Path | None = None
-    nprocs: int = 1
+    field_strength_T: float = DEFAULT_FIELD_STRENGTH_T
+    nprocs: int = field(default_factory=lambda: os.cpu_count() or 1)
     omp_nthreads: int = 1
     mem_gb: float | None = None
     plugin: str = "MultiProc"
@@ -218,6 +262,10 @@ class RunConfig:
     inversion_efficiency: float | None = None
     report_mass_max_mg_per_l: float = 300.0
     run_uuid: str = ""
+
+    def __post_init__(self) -> None:
+        if self.contours_dir is None:
+            self.contours_dir = Path(self.bids_dir) / DEFAULT_CONTOURS_SUBDIR
 
     def to_toml(self) -> str:
         """Serialise as TOML (flat table; paths as strings, ``None`` omitted)."""

@@ -1049,3 +1049,243 @@ def column_dictionary(columns: Iterable[str]) -> dict[str, dict[str, str]]:
         description (units guessed from a unit-like suffix); this never raises for them.
     """
     return {str(col): _describe(str(col)) for col in columns}
+
+
+# --------------------------------------------------------------------------- uptake tables
+#: Margin (voxels) between the lesions and the normal tissue used for the LoQ and the
+#: controls: the lesion edge (partial volume, resampling) is not normal tissue.
+NORMAL_TISSUE_MARGIN_VOXELS = 2
+
+#: |SE mean| (%) above which a healthy-tissue control region fails.
+CONTROL_SE_TOLERANCE_PERCENT = 10.0
+
+#: Values of the lesion table's ``quantification`` column.
+QUANTIFIED, BELOW_LOQ, NOT_ASSESSED = "quantified", "<LoQ", "n/a"
+
+PROFILE_DICTIONARY = {
+    "lesion_id": {"LongName": "Lesion identifier"},
+    "timepoint": {"LongName": "Timepoint"},
+    "direction": {"LongName": "Profile direction", "Levels": {
+        "RL": "right-left, along the voxel axis closest to world R",
+        "AP": "anterior-posterior, along the voxel axis closest to world A"}},
+    "position_mm": {"LongName": "Position from the lesion centroid", "Units": "mm",
+                    "Description": "Positive towards right (RL) or anterior (AP)."},
+    "mass_mg_per_L": {"LongName": "Mass concentration", "Units": "mg/L",
+                      "Description": "Inside the lesion the map value; outside it "
+                                     "the mean of the 4 mm surrounding normal ring."},
+    "inside": {"LongName": "Inside the lesion"},
+}
+
+PERSISTENCE_DICTIONARY = {
+    "lesion_id": {"LongName": "Lesion identifier"},
+    "early_timepoint": {"LongName": "Early timepoint (the denominator)"},
+    "late_timepoint": {"LongName": "Late timepoint (the numerator)"},
+    "late_quantification": {"LongName": "Quantification status at the late timepoint",
+                            "Description": "'<LoQ': the late concentration, and so "
+                                           "its ratio, is not a measurement."},
+}
+
+
+def quantification_labels(mean_delta_r1_per_s: np.ndarray, loq_per_s: np.ndarray) -> np.ndarray:
+    """The ``quantification`` column: a mean below its LoQ is never a bare number.
+
+    Parameters
+    ----------
+    mean_delta_r1_per_s : ndarray
+        Lesion-mean ΔR1, 1/s.
+    loq_per_s : ndarray
+        LoQ of each mean, 1/s (NaN where it could not be estimated).
+
+    Returns
+    -------
+    ndarray of str
+        ``"<LoQ"`` when ``|mean| < LoQ``, ``"quantified"`` otherwise, ``"n/a"`` without a LoQ.
+    """
+    loq = np.asarray(loq_per_s, dtype=np.float64)
+    return np.where(~np.isfinite(loq), NOT_ASSESSED,
+                    np.where(np.abs(mean_delta_r1_per_s) < loq, BELOW_LOQ, QUANTIFIED))
+
+
+def normal_tissue_enhancement(se_percent: np.ndarray, normal: np.ndarray) -> float:
+    """Median SE % of normal tissue: receive-bias changes and drift show up here.
+
+    Returns NaN without normal tissue.
+    """
+    if not normal.any():
+        return np.nan
+    return float(np.nanmedian(np.where(normal, se_percent, np.nan)))
+
+
+def control_failed(delta_r1_mean: np.ndarray, delta_r1_loq: np.ndarray,
+                   se_mean: np.ndarray | None = None,
+                   se_tolerance_percent: float = CONTROL_SE_TOLERANCE_PERCENT) -> np.ndarray:
+    """A healthy-tissue control fails when its |ΔR1 mean| exceeds its LoQ or, with SE,
+    its |SE mean| exceeds ``se_tolerance_percent`` (NanoRad's negative control)."""
+    failed = np.abs(delta_r1_mean) > delta_r1_loq
+    if se_mean is not None:
+        failed |= np.abs(se_mean) > se_tolerance_percent
+    return failed
+
+
+def control_dictionary(columns: Iterable[str], se_tolerance_percent: float) -> dict:
+    """BIDS data dictionary of the healthy-tissue control table."""
+    own = {
+        "roi_id": {"LongName": "Control region", "Description": "Sphere of healthy tissue "
+                   "(no lesion within 10 mm), radius of the median lesion's equivalent "
+                   "sphere (at least 4 mm); NanoRad's negative control."},
+        "deltaR1_loq": {"LongName": "LoQ of the region-mean Delta R1", "Units": "1/s",
+                        "Description": "10 x robust SD of normal-tissue means over "
+                                       "regions of this size."},
+        "control_failed": {"LongName": "Control failed", "Description": "True when "
+                           "|Delta R1 mean| exceeds its LoQ or |SE mean| exceeds "
+                           f"{se_tolerance_percent:g} %."},
+    }
+    full = column_dictionary([c for c in columns if c not in own])
+    full.update(own)
+    return full
+
+
+def persistence_dictionary(columns: Iterable[str]) -> dict:
+    """BIDS data dictionary of a persistence table (:func:`persistence_table`)."""
+    dictionary = dict(PERSISTENCE_DICTIONARY)
+    for column in columns:
+        if column.endswith("_ratio"):
+            dictionary[column] = {"LongName": f"{column[:-6]} late / early",
+                                  "Description": "n/a when the early value is <= 0."}
+        elif column.endswith(("_early", "_late")) and column not in dictionary:
+            dictionary[column] = {"LongName": column}
+    return dictionary
+
+
+def _quality_columns(table: pd.DataFrame, labels: np.ndarray, affine: np.ndarray,
+                     maps: Mapping[str, np.ndarray], normal: np.ndarray, timepoint: str,
+                     r1_per_mM_per_s: float | None,
+                     se_tolerance_percent: float) -> pd.DataFrame:
+    """Add the LoQ, quantification and normal-tissue SE columns to ``table`` (in place) and
+    return the healthy-tissue control table."""
+    normal = normal & ~ndimage.binary_dilation(labels > 0,
+                                               iterations=NORMAL_TISSUE_MARGIN_VOXELS)
+    dr1 = maps["deltaR1"]
+    controls = control_rois(labels, normal, affine)
+    stats = lesion_intensity_stats(controls, {k: v for k, v in maps.items()
+                                              if k in ("deltaR1", "gd_mM", "se_percent")})
+    stats.insert(1, "n_voxels", np.bincount(controls.ravel())[stats["lesion_id"]])
+    # One call for lesions and controls: regions of one size share the filtering.
+    limits = limit_of_quantification(dr1, normal, [*table["n_voxels"], *stats["n_voxels"]])
+    loq = limits[: len(table)]
+    table["deltaR1_loq"] = loq
+    if r1_per_mM_per_s:
+        table["gd_mM_loq"] = loq / r1_per_mM_per_s
+    if "se_percent" in maps:
+        # The normalised column subtracts normal tissue's SE (recorded; the raw SE is kept).
+        reference = normal_tissue_enhancement(maps["se_percent"], normal)
+        table["se_percent_normal_tissue"] = reference
+        table["se_percent_mean_normalised"] = table["se_percent_mean"] - reference
+    table["quantification"] = quantification_labels(table["deltaR1_mean"], loq)
+
+    stats = stats.rename(columns={"lesion_id": "roi_id"})
+    stats.insert(1, "timepoint", timepoint)
+    stats["deltaR1_loq"] = limits[len(table):]
+    stats["control_failed"] = control_failed(
+        stats["deltaR1_mean"], stats["deltaR1_loq"],
+        stats["se_percent_mean"] if "se_percent_mean" in stats else None, se_tolerance_percent)
+    return stats
+
+
+def uptake_tables(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    *,
+    timepoint: str,
+    t1_method: str | None = None,
+    names: Mapping[int, str] | None = None,
+    normal: np.ndarray | None = None,
+    measurable_threshold_mm: float = 10.0,
+    hours_post_injection: float | None = None,
+    dose_mg_per_kg: float | None = None,
+    weight_kg: float | None = None,
+    r1_per_mM_per_s: float | None = None,
+    se_tolerance_percent: float = CONTROL_SE_TOLERANCE_PERCENT,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame]:
+    """The lesion, healthy-tissue control and line-profile tables of one timepoint.
+
+    Parameters
+    ----------
+    labels, affine
+        Lesion labels on the reference grid and its voxel-to-world matrix (mm).
+    maps : mapping of str to ndarray
+        ``gd_mM``, ``mass_mg_per_L``, ``deltaR1``, ``t1_baseline_s``, ``t1_post_s`` and
+        optionally ``se_percent`` on the same grid.
+    timepoint, t1_method : str
+        Recorded in the tables.
+    names : mapping of int to str, optional
+        Lesion names by label (``_dseg.tsv``); ``"n/a"`` for unnamed labels.
+    normal : ndarray of bool, optional
+        Normal tissue (signal mask without the lesions and a margin): the blank of the LoQ
+        and where the control regions go. Without it there are no LoQ columns and no
+        control table.
+    measurable_threshold_mm : float
+        Longest diameter at or above which a lesion is measurable.
+    hours_post_injection, dose_mg_per_kg, weight_kg : float, optional
+        Recorded; dose and weight give %ID/g (NaN for a placebo or when unknown).
+    r1_per_mM_per_s : float, optional
+        Relaxivity used for the concentrations: the LoQ in mM.
+    se_tolerance_percent : float
+        |SE| above which a healthy-tissue control fails.
+
+    Returns
+    -------
+    lesions, controls, profiles : pandas.DataFrame
+        ``controls`` is None without ``normal``.
+    """
+    from .qmri.uptake import percent_injected_dose_per_g
+
+    table = lesion_table(labels, affine, maps, measurable_threshold_mm=measurable_threshold_mm)
+    table.insert(1, "timepoint", timepoint)
+    if t1_method:
+        table.insert(2, "t1_method", t1_method)
+    if names is not None:
+        table.insert(1, "lesion_name", [names.get(int(i), "n/a") for i in table["lesion_id"]])
+    controls = None
+    if normal is not None:
+        controls = _quality_columns(table, labels, affine, maps, normal, timepoint,
+                                    r1_per_mM_per_s, se_tolerance_percent)
+    profiles, summary = line_profiles(labels, affine, maps["mass_mg_per_L"])
+    summary = summary.rename(columns={"ring_mean": "ring_mass_mg_per_L"})
+    for column in ("ring_mass_mg_per_L", "peak_to_valley_ratio"):
+        table[column] = table["lesion_id"].map(summary.set_index("lesion_id")[column])
+    profiles = profiles.rename(columns={"value": "mass_mg_per_L"})
+    profiles.insert(1, "timepoint", timepoint)
+    table["percent_injected_dose_per_g"] = percent_injected_dose_per_g(
+        table["mass_mg_per_L_mean"].to_numpy(), dose_mg_per_kg, weight_kg)
+    table["hours_post_injection"] = (hours_post_injection if hours_post_injection is not None
+                                     else np.nan)
+    return table, controls, profiles
+
+
+def labels_from_contours(data: np.ndarray, kind: str) -> np.ndarray:
+    """An int16 label map, one label per lesion, from a contour image.
+
+    Parameters
+    ----------
+    data : ndarray
+        3-D contour image: integer labels (``kind="dseg"``) or a binary mask
+        (``kind="mask"``: lesions are its 26-connected components).
+    kind : {"dseg", "mask"}
+
+    Raises
+    ------
+    ValueError
+        Not 3-D, non-integer labels, or labels outside 0..32767.
+    """
+    if data.ndim != 3:
+        raise ValueError(f"contours must be a 3-D image, got shape {data.shape}")
+    if not np.allclose(data, np.rint(data)):
+        raise ValueError("contour labels must be integers")
+    labels = np.rint(data).astype(np.int64)
+    if kind == "mask":
+        labels, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+    if labels.min() < 0 or labels.max() > np.iinfo(np.int16).max:
+        raise ValueError("label values out of range")
+    return labels.astype(np.int16)

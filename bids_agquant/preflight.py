@@ -15,7 +15,8 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
-from .bids import EX_DATAERR, InputError, ParticipantPlan, Timepoint
+from .errors import EX_DATAERR, InputError
+from .plan import ParticipantPlan, Timepoint
 
 LOGGER = logging.getLogger("bids_agquant")
 

@@ -1,4 +1,4 @@
-"""Hypothesis settings shared by the property tests (tests/test_properties_*.py).
+"""Hypothesis settings shared by the property tests (tests/unit/test_properties_*.py).
 
 ``bids-agquant-ci`` (default) is derandomised so CI runs are reproducible;
 ``BIDS_AGQUANT_HYPOTHESIS_PROFILE=bids-agquant-thorough`` runs random examples, ten times more.

@@ -17,29 +17,29 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from ..bids import (
-    EX_CANTCREAT,
-    EX_NOINPUT,
-    InputError,
-    atomic_write_text,
-    bids_uri,
-    is_inside,
-)
+from ..derivatives import bids_uri
+from ..errors import EX_CANTCREAT, EX_NOINPUT, EX_USAGE, InputError
+from ..io import atomic_write_text, is_inside, save_nifti
 from ..rtstruct import DEFAULT_PATTERNS, RASTERISATION_METHOD, ImportResult, import_rtstruct
-from .parser import EX_USAGE, _label, _Parser
+from .parser import BIDSAppParser, bids_label
 
 LOGGER = logging.getLogger("bids_agquant")
 PROG = "bids-agquant-import-rtstruct"
 
 
-def build_parser() -> _Parser:
-    parser = _Parser(
+def build_parser() -> BIDSAppParser:
+    """The command-line parser of ``bids-agquant-import-rtstruct`` (usage errors exit 64).
+
+    Returns
+    -------
+    BIDSAppParser
+    """
+    parser = BIDSAppParser(
         prog=PROG,
         description="Rasterise the GTVs of a DICOM RTSTRUCT onto a BIDS session image and write "
                     "them as a contours derivatives dataset for bids-agquant (--contours).",
@@ -50,8 +50,8 @@ def build_parser() -> _Parser:
                              "or a NIfTI conversion of that very series (e.g. dcm2niix)")
     parser.add_argument("--bids-dir", type=Path, required=True, help="raw BIDS dataset")
     parser.add_argument("--participant-label", "--participant_label", required=True,
-                        type=_label("sub-"), metavar="LABEL", help="'sub-' is optional")
-    parser.add_argument("--session-label", "--session_label", type=_label("ses-"),
+                        type=bids_label("sub-"), metavar="LABEL", help="'sub-' is optional")
+    parser.add_argument("--session-label", "--session_label", type=bids_label("ses-"),
                         default=None, metavar="LABEL",
                         help="session whose scanner space the contours are in ('ses-' is "
                              "optional); required when the participant has sessions")
@@ -146,29 +146,18 @@ def _check_output(output: Path, bids_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- writing
-def _atomic_nifti(path: Path, labels: np.ndarray, target_image: Path) -> None:
-    """Save labels with the target's header geometry (qform/sform), never a partial file."""
+def _save_labels(path: Path, labels: np.ndarray, target_image: Path) -> None:
+    """Save the label map on the target's grid, atomically and with normal permissions.
+
+    ``like=`` keeps the target's header, qform and sform with their codes, so the pipeline
+    finds the label map on exactly the grid of the image it was rasterised onto.
+    """
     import nibabel as nb
 
     reference = nb.load(str(target_image))
-    header = reference.header.copy()
-    header.set_data_dtype(labels.dtype)
-    image = nb.Nifti1Image(labels, reference.affine, header=header)
-    image.header.set_slope_inter(1.0, 0.0)
-    image.header["cal_min"], image.header["cal_max"] = 0, int(labels.max())
-    image.header.set_intent("label")
-    image.header["descrip"] = b"GTV labels from RTSTRUCT"
-    # Keep the target's qform and sform (codes included) so the grids match exactly.
-    image.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
-    image.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        image.to_filename(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_nifti(path, labels, like=reference, dtype=labels.dtype, atomic=True, intent="label",
+               header_fields={"cal_min": 0, "cal_max": int(labels.max()),
+                              "descrip": b"GTV labels from RTSTRUCT"})
 
 
 def _dataset_description(output: Path, bids_dir: Path) -> dict:
@@ -312,7 +301,7 @@ def import_to_contours_dataset(rtstruct, image_series, bids_dir, participant: st
         atomic_write_text(paths["json"], json.dumps(
             _sidecar(result, bids_dir, rtstruct, image_series), indent=2) + "\n")
         # The label map last: it is what the pipeline looks for.
-        _atomic_nifti(paths["dseg"], result.labels, target)
+        _save_labels(paths["dseg"], result.labels, target)
     except OSError as exc:
         raise InputError(f"{anat}: cannot write the contours ({exc})", EX_CANTCREAT) from None
     return paths

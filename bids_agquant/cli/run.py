@@ -9,28 +9,25 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import subprocess
 import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
 
 from .. import __version__
-from ..bids import (
-    EX_CANTCREAT,
-    EX_DATAERR,
-    EX_NOINPUT,
-    InputError,
-    atomic_write_text,
-    find_validator,
-    is_inside,
+from ..config import RunConfig, resolve_participant_agent
+from ..derivatives import (
+    PLAN_FILE,
+    RUN_CONFIG_FILE,
+    run_log_dir,
     write_derivative_description,
 )
-from ..config import RunConfig, resolve_agent
-from .parser import EX_USAGE, parse_args
+from ..errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE, InputError
+from ..io import atomic_write_text, is_inside
+from ..validation import validate_bids
+from .parser import parse_args
 
 LOGGER = logging.getLogger("bids_agquant")
-EX_VALIDATION = 16
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -51,11 +48,11 @@ def _config_from_opts(opts) -> RunConfig:
         bids_dir=opts.bids_dir.absolute(),
         output_dir=opts.output_dir.absolute(),
         analysis_level=opts.analysis_level,
-        work_dir=(opts.work_dir or Path("work")).absolute(),
+        work_dir=opts.work_dir.absolute(),
         participant_label=list(opts.participant_label),
         session_label=list(opts.session_label),
         baseline_session=opts.baseline_session,
-        contours_dir=(opts.contours or opts.bids_dir / "derivatives" / "contours").absolute(),
+        contours_dir=opts.contours.absolute() if opts.contours else None,
         nprocs=opts.nprocs,
         omp_nthreads=opts.omp_nthreads,
         mem_gb=opts.mem_gb,
@@ -110,21 +107,6 @@ def check_paths(config: RunConfig) -> None:
                              EX_CANTCREAT)
 
 
-def validate_bids(bids_dir: Path) -> None:
-    """Run bids-validator-deno on the input; raise InputError(16) when it reports errors."""
-    exe = find_validator()
-    if exe is None:
-        LOGGER.warning("bids-validator-deno not found: input not validated")
-        return
-    proc = subprocess.run([exe, "--no-color", "--ignoreWarnings", str(bids_dir)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        # The report is on stdout; a validator that could not run says why on stderr.
-        report = (proc.stdout[-4000:] + "\n" + proc.stderr[-2000:]).strip()
-        raise InputError(f"{bids_dir}: BIDS validation failed (exit {proc.returncode}):\n"
-                         f"{report}", EX_VALIDATION)
-
-
 def _select_participants(layout, config: RunConfig) -> list[str]:
     subjects = sorted(layout.get_subjects())
     if not subjects:
@@ -153,37 +135,26 @@ def _check_sessions(layout, subjects: list[str], config: RunConfig) -> None:
                          EX_NOINPUT)
 
 
-def _agent_for(plan, config: RunConfig, field_strength_T: float):
-    name = config.agent
-    if name is None and plan.agent and not plan.is_placebo:
-        name = plan.agent
-    if name is None and config.r1 is None:
-        # Placebo arm or unknown agent: maps use the trial's default agent so that a blinded
-        # analysis treats every participant the same way.
-        name = "aguix-nanorad"
-    return resolve_agent(name, field_strength_T=field_strength_T, r1=config.r1,
-                         gd_per_particle=config.gd_per_particle, molar_mass=config.molar_mass)
-
-
 def _plan_participants(layout, subjects, config):
     """Plans and agents of the participants whose inputs pass the pre-flight checks.
 
     A participant with unusable input is reported and left out; the others go ahead (one bad
-    participant must not stop a 100-patient array). Returns (plans, agents, failures).
+    participant must not stop a 100-patient array). Returns (plans, failures).
     """
-    from ..bids import collect_plan
+    from ..plan import collect_plan
     from ..preflight import check_plan
 
-    plans, agents, failures = [], {}, {}
+    plans, failures = [], {}
     for subject in subjects:
         try:
             plan = collect_plan(layout, subject, baseline_session=config.baseline_session,
                                 session_labels=config.session_label or None,
                                 contours_dir=config.contours_dir)
             check_plan(plan)
-            field = plan.baseline.field_strength_T or 3.0
             try:
-                agents[subject] = _agent_for(plan, config, field)
+                plan.agent_parameters = resolve_participant_agent(
+                    plan.agent, plan.is_placebo, config,
+                    plan.field_strength_T(config.field_strength_T))
             except ValueError as exc:
                 raise InputError(f"sub-{subject}: {exc}", EX_DATAERR) from None
         except InputError as exc:
@@ -192,7 +163,7 @@ def _plan_participants(layout, subjects, config):
         for note in plan.notes:
             LOGGER.info("sub-%s: %s", subject, note)
         plans.append(plan)
-    return plans, agents, failures
+    return plans, failures
 
 
 def _prepare_outputs(config: RunConfig, plans) -> None:
@@ -206,9 +177,12 @@ def _prepare_outputs(config: RunConfig, plans) -> None:
             # Temporary files of an interrupted run (atomic writes never completed them).
             for stale in subject_dir.rglob(".*.tmp") if subject_dir.is_dir() else []:
                 stale.unlink(missing_ok=True)
-            log_dir = subject_dir / "log" / config.run_uuid
+            log_dir = run_log_dir(config.output_dir, plan.subject, config.run_uuid)
             log_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(log_dir / "bids_agquant.toml", config.to_toml())
+            # Written once; the report and every later reader take the run's decisions
+            # from these two files.
+            atomic_write_text(log_dir / RUN_CONFIG_FILE, config.to_toml())
+            atomic_write_text(log_dir / PLAN_FILE, plan.to_json())
     except OSError as exc:
         raise InputError(f"cannot create output: {exc}", EX_CANTCREAT) from None
 
@@ -252,7 +226,7 @@ def _request_node_resources(workflow, plugin_args: dict) -> None:
 
 
 def _crashed(config: RunConfig, plan) -> list[Path]:
-    log_dir = config.output_dir / f"sub-{plan.subject}" / "log" / config.run_uuid
+    log_dir = run_log_dir(config.output_dir, plan.subject, config.run_uuid)
     return sorted(log_dir.glob("crash-*")) if log_dir.is_dir() else []
 
 
@@ -261,9 +235,7 @@ def _write_report(config: RunConfig, plan) -> bool:
     try:
         from ..reports import write_participant_report
 
-        path = write_participant_report(config.output_dir, plan.subject,
-                                        bids_dir=config.bids_dir, run_uuid=config.run_uuid,
-                                        mass_max_mg_per_l=config.report_mass_max_mg_per_l)
+        path = write_participant_report(config.output_dir, plan.subject, config.run_uuid)
     except Exception:  # a report must never hide the run's own outcome
         LOGGER.exception("sub-%s: the HTML report could not be written", plan.subject)
         return False
@@ -274,13 +246,13 @@ def _write_report(config: RunConfig, plan) -> bool:
 def run_participant(config: RunConfig) -> int:
     from nipype import config as nipype_config
 
-    from ..bids import load_layout
+    from ..plan import load_layout
     from ..workflows.base import init_bids_agquant_wf
 
     layout = load_layout(config.bids_dir)
     subjects = _select_participants(layout, config)
     _check_sessions(layout, subjects, config)
-    plans, agents, failures = _plan_participants(layout, subjects, config)
+    plans, failures = _plan_participants(layout, subjects, config)
     if not plans:  # nothing to run, nothing written
         return _summarise(config, [], failures, all_ok=True)
     _prepare_outputs(config, plans)
@@ -296,7 +268,7 @@ def run_participant(config: RunConfig) -> int:
         },
         "monitoring": {"enabled": False},
     })
-    workflow = init_bids_agquant_wf(config, plans, agents)
+    workflow = init_bids_agquant_wf(config, plans)
     plugin_args = _plugin_settings(config)
     if config.plugin in ("SLURM", "SLURMGraph"):
         _request_node_resources(workflow, plugin_args)

@@ -25,6 +25,7 @@ from nipype.interfaces.base import (
 from scipy import ndimage
 
 from ..config import DEFAULT_SEED, load_registration_parameters
+from ..io import save_nifti
 
 
 def _ants(num_threads: int, seed: int | None):
@@ -34,6 +35,15 @@ def _ants(num_threads: int, seed: int | None):
 
     ants.config._random_seed = seed
     return ants
+
+
+def _antspyx_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("antspyx")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class _RigidRegistrationInputSpec(BaseInterfaceInputSpec):
@@ -51,6 +61,7 @@ class _RigidRegistrationOutputSpec(TraitedSpec):
     warped_image = File(exists=True, desc="moving image resampled into the fixed space")
     mutual_information_before = traits.Float(desc="ANTs MI metric before (lower is better)")
     mutual_information_after = traits.Float(desc="ANTs MI metric after (lower is better)")
+    parameters = traits.Dict(desc="the antspyx registration parameters used (for the sidecar)")
 
 
 class RigidRegistration(SimpleInterface):
@@ -63,11 +74,20 @@ class RigidRegistration(SimpleInterface):
         ants = _ants(self.inputs.num_threads, self.inputs.random_seed)
         fixed = ants.image_read(self.inputs.fixed_image)
         moving = ants.image_read(self.inputs.moving_image)
-        kwargs = load_registration_parameters(self.inputs.sloppy, min(fixed.spacing))
+        parameters = load_registration_parameters(self.inputs.sloppy, min(fixed.spacing))
+        kwargs = dict(parameters)
         if self.inputs.fixed_mask:
             kwargs["mask"] = ants.image_read(self.inputs.fixed_mask)
         if self.inputs.moving_mask:
             kwargs["moving_mask"] = ants.image_read(self.inputs.moving_mask)
+        self._results["parameters"] = {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()},
+            "fixed_voxel_size_mm": float(min(fixed.spacing)),
+            "random_seed": self.inputs.random_seed, "num_threads": self.inputs.num_threads,
+            "sloppy": bool(self.inputs.sloppy), "antspyx_version": _antspyx_version(),
+            "metric_masks": [name for name in ("fixed_mask", "moving_mask")
+                             if getattr(self.inputs, name)],
+        }
         prefix = os.path.join(runtime.cwd, "reg_")
         result = ants.registration(fixed=fixed, moving=moving, outprefix=prefix, **kwargs)
         transform = os.path.join(runtime.cwd, "transform.mat")
@@ -162,12 +182,8 @@ class ApplyTransforms(SimpleInterface):
             data = data.astype(np.float32)
         else:
             data = np.rint(data).astype(np.int16)
-        header = ref_nii.header.copy()
-        header.set_data_dtype(data.dtype)
-        header.set_slope_inter(1, 0)
-        path = os.path.join(runtime.cwd, self.inputs.out_name)
-        nb.Nifti1Image(data, ref_nii.affine, header).to_filename(path)
-        self._results["output_image"] = path
+        self._results["output_image"] = save_nifti(
+            os.path.join(runtime.cwd, self.inputs.out_name), data, like=ref_nii, dtype=data.dtype)
         return runtime
 
 

@@ -21,7 +21,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..bids import atomic_copy, atomic_write_text, build_derivative_path
+from ..derivatives import build_derivative_path
+from ..io import atomic_copy, atomic_write_text
 
 
 class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):

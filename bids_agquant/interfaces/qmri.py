@@ -1,7 +1,8 @@
 """Nipype adapters around the quantitative-MRI core (``bids_agquant.qmri``).
 
-Each interface loads NIfTI files, calls one pure function, and writes its results into the
-node's working directory. No science happens here.
+Each interface loads NIfTI files, calls the pure functions of ``qmri``, and writes its
+results into the node's working directory (:func:`bids_agquant.io.save_nifti`). No science
+happens here.
 """
 
 from __future__ import annotations
@@ -19,41 +20,15 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
-from scipy import ndimage
+
+from ..io import save_nifti
+from ..qmri.masks import exclude_dilated_labels, margin_iterations, signal_mask
 
 LOGGER = logging.getLogger("bids_agquant")
 
 
 def _save(data, like: nb.Nifti1Image, path: str, dtype=np.float32) -> str:
-    header = like.header.copy()
-    header.set_data_dtype(dtype)
-    header.set_slope_inter(1, 0)
-    nb.Nifti1Image(np.asarray(data, dtype=dtype), like.affine, header).to_filename(path)
-    return path
-
-
-def signal_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Head/brain mask from signal: above ``fraction`` of the robust maximum, holes filled.
-
-    Parameters
-    ----------
-    image : ndarray
-        Magnitude image (any units).
-    fraction : float
-        Threshold relative to the 99.5th percentile of the positive voxels.
-    """
-    finite = np.isfinite(image)
-    positive = image[finite & (image > 0)]
-    if positive.size == 0:
-        return np.zeros(image.shape, bool)
-    mask = finite & (image > fraction * np.percentile(positive, 99.5))
-    mask = ndimage.binary_opening(mask, iterations=1)
-    labels, n = ndimage.label(mask)
-    if n > 1:  # keep the largest connected component (drops isolated noise voxels)
-        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-        mask = labels == (1 + int(np.argmax(sizes)))
-    mask = ndimage.binary_closing(mask, iterations=2)
-    return ndimage.binary_fill_holes(mask)
+    return save_nifti(path, data, like=like, dtype=dtype)
 
 
 class _FitVFAInputSpec(BaseInterfaceInputSpec):
@@ -241,13 +216,13 @@ class SignalMask(SimpleInterface):
         img = nb.load(self.inputs.in_file)
         mask = signal_mask(np.asarray(img.dataobj, np.float32))
         if self.inputs.exclude_labels:
-            labels = np.asarray(nb.load(self.inputs.exclude_labels).dataobj) > 0
+            labels = np.asarray(nb.load(self.inputs.exclude_labels).dataobj)
             if labels.shape != mask.shape:
                 raise ValueError(f"{self.inputs.exclude_labels}: grid differs from "
                                  f"{self.inputs.in_file}")
             voxel_mm = float(np.min(img.header.get_zooms()[:3]))
-            iterations = max(1, round(self.inputs.exclude_margin_mm / voxel_mm))
-            mask &= ~ndimage.binary_dilation(labels, iterations=iterations)
+            mask = exclude_dilated_labels(
+                mask, labels, margin_iterations(self.inputs.exclude_margin_mm, voxel_mm))
         self._results["out_mask"] = _save(mask, img, os.path.join(runtime.cwd, "mask.nii.gz"),
                                           np.uint8)
         return runtime
@@ -258,7 +233,9 @@ class _UptakeInputSpec(BaseInterfaceInputSpec):
     r1_pre = File(exists=True, mandatory=True, desc="baseline R1 in reference space, 1/s")
     valid_post = File(exists=True, mandatory=True, desc="post fit validity, resampled (0..1)")
     valid_pre = File(exists=True, mandatory=True, desc="baseline fit validity (0/1)")
-    agent = traits.Dict(mandatory=True, desc="AgentParameters fields")
+    r1_per_mM_per_s = traits.Float(mandatory=True, desc="relaxivity per Gd ion, 1/(mM s)")
+    particle_molar_mass_g_per_mol = traits.Float(mandatory=True, desc="agent molar mass, g/mol")
+    gd_per_particle = traits.Float(mandatory=True, desc="Gd ions per particle or molecule")
 
 
 class _UptakeOutputSpec(TraitedSpec):
@@ -267,6 +244,7 @@ class _UptakeOutputSpec(TraitedSpec):
     mass_conc = File(exists=True, desc="agent mass concentration, mg/L")
     t1_pre = File(exists=True, desc="baseline T1 in reference space, s")
     t1_post = File(exists=True, desc="post T1 in reference space, s")
+    r1_per_mM_per_s = traits.Float(desc="the relaxivity used, 1/(mM s) (for the LoQ in mM)")
 
 
 class ComputeUptake(SimpleInterface):
@@ -276,27 +254,18 @@ class ComputeUptake(SimpleInterface):
     output_spec = _UptakeOutputSpec
 
     def _run_interface(self, runtime):
-        from ..qmri.uptake import delta_r1, gd_concentration_mM, mass_concentration_mg_per_L
+        from ..qmri.uptake import uptake_maps
 
         pre_img = nb.load(self.inputs.r1_pre)
-        pre = np.asarray(pre_img.dataobj, np.float64)
-        post = np.asarray(nb.load(self.inputs.r1_post).dataobj, np.float64)
-        # A resampled validity mask below 1 means the voxel borrows from invalid neighbours.
-        valid = ((np.asarray(nb.load(self.inputs.valid_post).dataobj) > 0.999)
-                 & (np.asarray(nb.load(self.inputs.valid_pre).dataobj) > 0.999)
-                 & (pre > 0) & (post > 0))
-        agent = self.inputs.agent
-        dr1 = np.where(valid, delta_r1(post, pre), np.nan)
-        gd = gd_concentration_mM(dr1, agent["r1_per_mM_per_s"])
-        mass = mass_concentration_mg_per_L(gd, agent["particle_molar_mass_g_per_mol"],
-                                           agent["gd_per_particle"])
-        with np.errstate(divide="ignore"):
-            t1_pre = np.where(valid, 1.0 / pre, np.nan)
-            t1_post = np.where(valid, 1.0 / post, np.nan)
-        cwd = runtime.cwd
-        for key, data in (("delta_r1", dr1), ("gd_conc", gd), ("mass_conc", mass),
-                          ("t1_pre", t1_pre), ("t1_post", t1_post)):
-            self._results[key] = _save(data, pre_img, os.path.join(cwd, f"{key}.nii.gz"))
+        maps = uptake_maps(
+            pre_img.dataobj, nb.load(self.inputs.r1_post).dataobj,
+            nb.load(self.inputs.valid_pre).dataobj, nb.load(self.inputs.valid_post).dataobj,
+            r1_per_mM_per_s=self.inputs.r1_per_mM_per_s,
+            particle_molar_mass_g_per_mol=self.inputs.particle_molar_mass_g_per_mol,
+            gd_per_particle=self.inputs.gd_per_particle)
+        for key, data in maps.items():
+            self._results[key] = _save(data, pre_img, os.path.join(runtime.cwd, f"{key}.nii.gz"))
+        self._results["r1_per_mM_per_s"] = self.inputs.r1_per_mM_per_s
         return runtime
 
 
@@ -316,13 +285,10 @@ class SignalEnhancement(SimpleInterface):
     output_spec = _EnhancementOutputSpec
 
     def _run_interface(self, runtime):
-        from ..qmri.uptake import signal_enhancement_percent
+        from ..qmri.uptake import masked_signal_enhancement
 
         pre_img = nb.load(self.inputs.pre)
-        pre = np.asarray(pre_img.dataobj, np.float64)
-        post = np.asarray(nb.load(self.inputs.post).dataobj, np.float64)
-        mask = signal_mask(pre)
-        se = np.where(mask, signal_enhancement_percent(post, pre), np.nan)
+        se = masked_signal_enhancement(nb.load(self.inputs.post).dataobj, pre_img.dataobj)
         self._results["enhancement"] = _save(se, pre_img,
                                              os.path.join(runtime.cwd, "enhancement.nii.gz"))
         return runtime

@@ -41,6 +41,7 @@ from numpy.typing import ArrayLike
 
 __all__ = [
     "DEFAULT_INVERSION_EFFICIENCY",
+    "choose_uni_source",
     "MP2RAGEBranch",
     "MP2RAGEFit",
     "MP2RAGEProtocol",
@@ -512,6 +513,41 @@ def uni_from_signals(
         np.clip(uni, -0.5, 0.5, out=uni)
         out[sl] = uni
     return out.reshape(a.shape, order=order)
+
+
+def choose_uni_source(*, has_magnitudes: bool, has_phases: bool, has_unit1: bool) -> str:
+    """Which images give the UNI contrast of an MP2RAGE acquisition.
+
+    Complex INV1/INV2 (magnitude and phase) give UNI directly with its sign and are preferred;
+    then the scanner's own UNIT1 image; magnitudes alone come last, because the sign of INV1
+    must then be recovered (:func:`recover_inv1_sign`).
+
+    Parameters
+    ----------
+    has_magnitudes : bool
+        INV1 and INV2 magnitude images both exist.
+    has_phases : bool
+        INV1 and INV2 phase images both exist.
+    has_unit1 : bool
+        The scanner's UNIT1 image exists.
+
+    Returns
+    -------
+    str
+        ``"complex"``, ``"unit1"`` or ``"magnitude"``.
+
+    Raises
+    ------
+    ValueError
+        Neither both magnitudes nor a UNIT1 image: UNI cannot be formed.
+    """
+    if has_magnitudes and has_phases:
+        return "complex"
+    if has_unit1:
+        return "unit1"
+    if has_magnitudes:
+        return "magnitude"
+    raise ValueError("MP2RAGE needs INV1 and INV2 magnitudes or a UNIT1 image")
 
 
 def uni_from_unit1(unit1: ArrayLike) -> np.ndarray:

@@ -30,8 +30,13 @@ __all__ = [
     "gd_dose_umol_per_kg",
     "mass_concentration_mg_per_L",
     "percent_injected_dose_per_g",
+    "masked_signal_enhancement",
     "signal_enhancement_percent",
+    "uptake_maps",
 ]
+
+#: A resampled validity mask below this means the voxel borrows from invalid neighbours.
+RESAMPLED_VALID_THRESHOLD = 0.999
 
 
 def _positive_scalar(value: float, name: str) -> float:
@@ -259,3 +264,70 @@ def dose_normalised(
     reference = _positive_scalar(reference_dose_mg_per_kg, "reference_dose_mg_per_kg")
     dose = _dose_or_nan(dose_mg_per_kg)
     return np.asarray(value, dtype=np.float64) * (reference / dose)
+
+
+def uptake_maps(
+    r1_pre_per_s: ArrayLike,
+    r1_post_per_s: ArrayLike,
+    valid_pre: ArrayLike,
+    valid_post: ArrayLike,
+    *,
+    r1_per_mM_per_s: float,
+    particle_molar_mass_g_per_mol: float,
+    gd_per_particle: float,
+) -> dict[str, np.ndarray]:
+    """ΔR1, Gd and mass concentration and both T1 maps on one (reference) grid.
+
+    A voxel is valid when both fits were valid there after resampling (validity above
+    :data:`RESAMPLED_VALID_THRESHOLD`: a lower value means the interpolation borrowed from
+    invalid neighbours) and both R1 are positive; every map is NaN elsewhere. Negative
+    concentrations are kept.
+
+    Parameters
+    ----------
+    r1_pre_per_s, r1_post_per_s : array_like
+        Baseline and post-agent R1, 1/s.
+    valid_pre, valid_post : array_like
+        Fit validity resampled onto the same grid (0..1).
+    r1_per_mM_per_s : float
+        Relaxivity per Gd ion, 1/(mM s).
+    particle_molar_mass_g_per_mol : float
+        Agent molar mass, g/mol.
+    gd_per_particle : float
+        Gd ions per particle or molecule.
+
+    Returns
+    -------
+    dict of ndarray (float64)
+        ``delta_r1`` (1/s), ``gd_conc`` (mM Gd), ``mass_conc`` (mg/L), ``t1_pre`` and
+        ``t1_post`` (s, = 1/R1).
+    """
+    pre = np.asarray(r1_pre_per_s, dtype=np.float64)
+    post = np.asarray(r1_post_per_s, dtype=np.float64)
+    valid = ((np.asarray(valid_post) > RESAMPLED_VALID_THRESHOLD)
+             & (np.asarray(valid_pre) > RESAMPLED_VALID_THRESHOLD)
+             & (pre > 0) & (post > 0))
+    dr1 = np.where(valid, delta_r1(post, pre), np.nan)
+    gd = gd_concentration_mM(dr1, r1_per_mM_per_s)
+    mass = mass_concentration_mg_per_L(gd, particle_molar_mass_g_per_mol, gd_per_particle)
+    with np.errstate(divide="ignore"):
+        t1_pre = np.where(valid, 1.0 / pre, np.nan)
+        t1_post = np.where(valid, 1.0 / post, np.nan)
+    return {"delta_r1": dr1, "gd_conc": gd, "mass_conc": mass, "t1_pre": t1_pre,
+            "t1_post": t1_post}
+
+
+def masked_signal_enhancement(s_post: ArrayLike, s_pre: ArrayLike) -> np.ndarray:
+    """SE % (:func:`signal_enhancement_percent`) inside the signal mask of ``s_pre``, NaN
+    outside (background and air have no meaningful ratio).
+
+    Parameters
+    ----------
+    s_post, s_pre : array_like
+        T1-weighted signal after and before the agent on one grid.
+    """
+    from .masks import signal_mask
+
+    pre = np.asarray(s_pre, dtype=np.float64)
+    post = np.asarray(s_post, dtype=np.float64)
+    return np.where(signal_mask(pre), signal_enhancement_percent(post, pre), np.nan)

@@ -768,7 +768,7 @@ def fit_vfa(
     most precise: for the reference protocol (2/5/10/15 deg, TR 15 ms) at SNR 50 the SD of
     T1 is 0.67x (T1 0.4 s), 0.79x (0.83 s) and 0.87x (1.5 s) that of the linear fit and
     the mean bias falls from +3.0 / +0.8 / +0.3 % (linear) to +0.3 / +0.1 / +0.1 %
-    (NLLS; WLLS +1.7 / +0.7 / +0.4 %), see ``tests/test_vfa.py``. Typical cost on one core:
+    (NLLS; WLLS +1.7 / +0.7 / +0.4 %), see ``tests/unit/test_vfa.py``. Typical cost on one core:
     NLLS and WLLS converge in 4-6 iterations and run about 6x and 3x slower than the linear
     fit (``benchmarks/vfa_fit.py``).
     """

@@ -13,13 +13,12 @@ from pathlib import Path
 __all__ = ["write_group_report", "write_participant_report"]
 
 
-def write_participant_report(output_dir: Path, subject: str, *, bids_dir: Path, run_uuid: str,
-                             mass_max_mg_per_l: float = 300.0) -> Path:
+def write_participant_report(output_dir: Path, subject: str, run_uuid: str, *,
+                             bids_dir: Path | None = None) -> Path:
     """Write ``output_dir/sub-<id>.html``; see :mod:`bids_agquant.reports.participant`."""
     from .participant import write_participant_report as write
 
-    return write(output_dir, subject, bids_dir=bids_dir, run_uuid=run_uuid,
-                 mass_max_mg_per_l=mass_max_mg_per_l)
+    return write(output_dir, subject, run_uuid, bids_dir=bids_dir)
 
 
 def write_group_report(output_dir: Path, *, bids_dir: Path | None = None) -> Path:

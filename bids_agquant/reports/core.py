@@ -47,23 +47,30 @@ def package_versions() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- reading
-def read_tsv(path: Path) -> pd.DataFrame | None:
+def read_tsv(path: Path | None) -> pd.DataFrame | None:
     """A BIDS TSV (``n/a`` = missing), or None when the file is absent or unreadable."""
+    if path is None:
+        return None
     try:
         return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
     except (OSError, ValueError):
         return None
 
 
-def read_tsv_text(path: Path) -> pd.DataFrame | None:
+def read_tsv_text(path: Path | None) -> pd.DataFrame | None:
     """The same TSV with every cell as the exact text written (for exact comparisons)."""
+    if path is None:
+        return None
     try:
         return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (OSError, ValueError):
         return None
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(path: Path | None) -> dict | None:
+    """A JSON object, or None when the file is absent (or ``path`` is None) or unreadable."""
+    if path is None:
+        return None
     try:
         value = json.loads(Path(path).read_text())
     except (OSError, ValueError):

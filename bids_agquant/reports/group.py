@@ -10,22 +10,21 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..bids import atomic_write_text
+from ..io import atomic_write_text
 from .core import clean_svg, fmt, package_versions, read_json, read_tsv, read_tsv_text, render
+from .group_figures import FIGURE_DIR, FIGURE_FILES, se_scatter_figure
 
 LOGGER = logging.getLogger("bids_agquant")
 
-#: Analyses in report order: key in group_stats.json, title, figure file.
-ANALYSES = (
-    ("dose_response", "Dose–response", "dose_response.svg"),
-    ("se_vs_concentration_per_participant", "SE vs concentration, per participant",
-     "se_vs_concentration.svg"),
-    ("size_vs_uptake_lar", "Lesion size vs uptake (robust LAR fit)", "size_vs_uptake_lar.svg"),
-    ("inference_suspected_placebo_kmeans", "Blinded classification (k-means, k = 2)",
-     "inference_suspected_placebo_kmeans.svg"),
-    ("persistence", "Persistence (late / early)", "persistence.svg"),
-    ("dose_normalised_se", "Dose-normalised SE", "dose_normalised_se.svg"),
-)
+#: Analyses in report order: key in group_stats.json, title, figure file (in FIGURE_DIR).
+ANALYSES = tuple((key, title, FIGURE_FILES[key]) for key, title in (
+    ("dose_response", "Dose–response"),
+    ("se_vs_concentration_per_participant", "SE vs concentration, per participant"),
+    ("size_vs_uptake_lar", "Lesion size vs uptake (robust LAR fit)"),
+    ("inference_suspected_placebo_kmeans", "Blinded classification (k-means, k = 2)"),
+    ("persistence", "Persistence (late / early)"),
+    ("dose_normalised_se", "Dose-normalised SE"),
+))
 
 PARTICIPANT_COLUMNS = (
     ("participant_id", "participant", ""), ("timepoint", "timepoint", ""),
@@ -124,41 +123,33 @@ def headline(key: str, result: dict) -> list[tuple[str, str]]:
 
 
 def se_scatter_svg(output_dir: Path, bids_dir: Path | None, result: dict, prefix: str):
-    """SE vs concentration of the lesions the (skipped) per-participant analysis would have
-    used, one colour per participant and no fit: the data are shown even when too few
-    lesions per participant make a regression meaningless. Inline SVG, or None."""
-    from matplotlib import rc_context
-    from matplotlib.figure import Figure
+    """SE vs concentration of the lesions a skipped per-participant analysis would have used.
 
-    from ..group import analysis_rows
-    from .core import RC, svg_markup
+    Reads ``group_lesions.tsv`` and ``participants.tsv`` and draws them with
+    :func:`bids_agquant.reports.group_figures.se_scatter_figure` (no fit: the data are shown
+    even when too few lesions per participant make a regression meaningless).
 
+    Parameters
+    ----------
+    output_dir : Path
+        The derivatives dataset after the group level.
+    bids_dir : Path, optional
+        The raw dataset (its ``participants.tsv`` gives the arms).
+    result : dict
+        The ``se_vs_concentration_per_participant`` record of ``group_stats.json``.
+    prefix : str
+        Prefix of the SVG ids, unique within the page.
+
+    Returns
+    -------
+    markupsafe.Markup or None
+        Inline SVG, or None when there are no lesion rows to show.
+    """
     lesions = read_tsv(output_dir / "group_lesions.tsv")
     participants = read_tsv(Path(bids_dir) / "participants.tsv") if bids_dir else None
-    p, sel = result.get("parameters", {}), result.get("selection", {})
-    x_col = p.get("concentration_column", "mass_mg_per_L_mean")
-    y_col = p.get("se_column", "se_percent_mean")
     if lesions is None or lesions.empty:
         return None
-    method = sel.get("t1_method")
-    method = None if method is None or str(method).startswith("per participant") else method
-    rows = analysis_rows(lesions, participants, sel.get("timepoint", "early"), method,
-                         sel.get("measurable_only") is True)[0]
-    if p.get("treated_only", True) and "arm" in rows:
-        rows = rows[rows["arm"] != "placebo"]
-    if rows.empty or x_col not in rows or y_col not in rows:
-        return None
-    with rc_context(RC):
-        fig = Figure(figsize=(5.5, 3.6), facecolor="white")
-        ax = fig.add_axes([0.13, 0.14, 0.6, 0.74])
-        for i, (pid, part) in enumerate(rows.groupby("participant_id", sort=True)):
-            ax.scatter(part[x_col], part[y_col], s=14, color=f"C{i % 10}", label=str(pid))
-        ax.set_xlabel(f"lesion mean concentration ({p.get('concentration_units', 'mg/L')})")
-        ax.set_ylabel("lesion mean SE (%)")
-        ax.set_title("SE vs concentration per participant (no fit: "
-                     f"{result.get('reason', 'skipped')})", fontsize=7)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-        return svg_markup(fig, prefix)
+    return se_scatter_figure(result, lesions, participants, prefix)
 
 
 def write_group_report(output_dir: Path, *, bids_dir: Path | None = None) -> Path:
@@ -191,7 +182,7 @@ def write_group_report(output_dir: Path, *, bids_dir: Path | None = None) -> Pat
             problems.append(f"analysis {key} not in group_stats.json")
             continue
         svg = None
-        path = output_dir / "group_figures" / figure
+        path = output_dir / FIGURE_DIR / figure
         if result.get("status") == "ok":
             try:
                 svg = clean_svg(path.read_text(), f"g{index}")
@@ -204,7 +195,7 @@ def write_group_report(output_dir: Path, *, bids_dir: Path | None = None) -> Pat
                 problems.append(f"SE vs concentration scatter: {exc}")
         analyses.append({"key": key, "title": title, "status": result.get("status", "n/a"),
                          "headline": headline(key, result), "svg": svg,
-                         "figure": (f"group_figures/{figure}" if result.get("status") == "ok"
+                         "figure": (f"{FIGURE_DIR}/{figure}" if result.get("status") == "ok"
                                     else "drawn for this report from group_lesions.tsv"),
                          "record": json.dumps(result, indent=1, ensure_ascii=False)})
     participants = sorted(p.name for p in output_dir.glob("sub-*") if p.is_dir())

@@ -1,22 +1,24 @@
-"""The participant report ``sub-<id>.html``, assembled from what is on disk.
+"""The participant report ``sub-<id>.html``, assembled from what the run recorded and wrote.
 
-Inputs: the derivatives written by the participant workflow (maps, sidecars, lesion /
-control / profile / persistence tables, the registered T1w and its ``RegistrationQuality``),
-the raw dataset (images found per timepoint, participants.tsv, sessions.tsv) and the run's log
-folder ``sub-<id>/log/<run_uuid>/`` (``bids_agquant.toml`` and Nipype ``crash-*.txt`` files).
-Nothing is recomputed that the pipeline wrote, and anything missing (a failed timepoint) is
-shown as missing: the report never needs a complete run. pybids is not used (its import and
-indexing would dominate the report time); the raw files are found by name.
+Inputs: the run's log folder ``sub-<id>/log/<run_uuid>/`` — the plan it used (``plan.json``,
+:class:`~bids_agquant.plan.ParticipantPlan`), its configuration (``bids_agquant.toml``,
+:class:`~bids_agquant.config.RunConfig`) and Nipype ``crash-*.txt`` files — and the
+derivatives named by the output contract (:func:`~bids_agquant.derivatives.expected_outputs`):
+maps, sidecars (registration parameters and ``RegistrationQuality`` included), lesion /
+control / profile / persistence tables. The raw images the plan names are read for the
+"before registration" and contour views, and participants.tsv for the participant's row;
+nothing is searched for. Nothing is recomputed that the pipeline wrote, and anything missing
+(a failed timepoint) is shown as missing: the report never needs a complete run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -24,7 +26,10 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 
-from ..bids import atomic_write_text, build_derivative_path
+from ..config import RunConfig
+from ..derivatives import PLAN_FILE, RUN_CONFIG_FILE, expected_outputs, run_log_dir
+from ..io import atomic_write_text
+from ..plan import ParticipantPlan, Timepoint
 from . import figures
 from .core import (
     fmt,
@@ -98,129 +103,12 @@ PERSISTENCE_COLUMNS = (
 )
 
 
-# --------------------------------------------------------------------------- raw discovery
-_ENTITY = re.compile(r"_(ses|ce|flip|inv|part)-([A-Za-z0-9]+)")
-
-
-@dataclass
-class RawTimepoint:
-    """A timepoint as found on disk (raw images by name; DESIGN.md §4)."""
-
-    session: str | None
-    ceagent: str | None
-    is_baseline: bool = False
-    files: list[Path] = field(default_factory=list)
-    fmap: list[Path] = field(default_factory=list)
-    hours: float | None = None
-
-    @property
-    def label(self) -> str:
-        parts = [f"ses-{self.session}"] if self.session else []
-        if self.ceagent:
-            parts.append(f"ce-{self.ceagent}")
-        return "_".join(parts) or "baseline"
-
-    @property
-    def entities(self) -> dict:
-        out = {}
-        if self.session:
-            out["session"] = self.session
-        if self.ceagent:
-            out["ceagent"] = self.ceagent
-        return out
-
-    def suffix_files(self, suffix: str) -> list[Path]:
-        return [f for f in self.files if _suffix(f) == suffix]
-
-    @property
-    def t1w(self) -> Path | None:
-        found = self.suffix_files("T1w")
-        return found[0] if found else None
-
-    @property
-    def methods(self) -> list[str]:
-        out = []
-        if self.suffix_files("VFA"):
-            out.append("vfa")
-        if self.suffix_files("MP2RAGE") or self.suffix_files("UNIT1"):
-            out.append("mp2rage")
-        return out
-
-
-def _suffix(path: Path) -> str:
-    return re.sub(r"\.nii(\.gz)?$", "", path.name).rsplit("_", 1)[-1]
-
-
-def _entities(path: Path) -> dict:
-    return dict(_ENTITY.findall(path.name))
-
-
 def _float_or_none(value) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _table_hours(tsv: Path, key: str, prefix: str = "") -> dict[str, float]:
-    table = read_tsv_text(tsv)
-    if table is None or key not in table or "hours_post_injection" not in table:
-        return {}
-    return {prefix + str(k).removeprefix("ses-"): h for k, v in
-            zip(table[key], table["hours_post_injection"], strict=True)
-            if (h := _float_or_none(v)) is not None}
-
-
-def discover_timepoints(bids_dir: Path | None, output_dir: Path, subject: str, *,
-                        baseline_session: str = "D0",
-                        session_labels: list[str] | None = None) -> list[RawTimepoint]:
-    """Baseline first, then post-agent timepoints, from the raw images (or, without a raw
-    dataset, from the derivatives' file names)."""
-    groups: dict[tuple, RawTimepoint] = {}
-    fmaps: dict[str | None, list[Path]] = {}
-    raw_sub = Path(bids_dir) / f"sub-{subject}" if bids_dir else None
-    if raw_sub is not None and raw_sub.is_dir():
-        roots = sorted(raw_sub.glob("ses-*")) or [raw_sub]
-        for root in roots:
-            session = root.name[4:] if root.name.startswith("ses-") else None
-            for path in sorted((root / "anat").glob("*.nii*")):
-                ce = _entities(path).get("ce")
-                groups.setdefault((session, ce), RawTimepoint(session, ce)).files.append(path)
-            fmaps[session] = sorted((root / "fmap").glob("*.nii*"))
-        hours = _table_hours(raw_sub / f"sub-{subject}_sessions.tsv", "session_id")
-        for tp in groups.values():
-            tp.fmap = fmaps.get(tp.session, [])
-            tp.hours = hours.get(tp.session or "")
-            stem = f"sub-{subject}" + (f"_ses-{tp.session}" if tp.session else "")
-            folder = raw_sub / (f"ses-{tp.session}" if tp.session else "")
-            scans = read_tsv_text(folder / f"{stem}_scans.tsv")
-            if scans is not None and {"filename", "hours_post_injection"} <= set(scans):
-                names = {f"anat/{f.name}" for f in tp.files}
-                for name, value in zip(scans["filename"], scans["hours_post_injection"],
-                                       strict=True):
-                    if name in names and _float_or_none(value) is not None:
-                        tp.hours = _float_or_none(value)
-                        break
-    else:  # no raw dataset: what the derivatives name
-        for path in sorted((Path(output_dir) / f"sub-{subject}").glob("**/anat/*")):
-            ent = _entities(path)
-            key = (ent.get("ses"), ent.get("ce"))
-            groups.setdefault(key, RawTimepoint(*key))
-    sessions = {s for s, _ in groups}
-    base_key = (baseline_session, None) if baseline_session in sessions else (None, None)
-    timepoints = []
-    if base_key in groups:
-        groups[base_key].is_baseline = True
-        timepoints.append(groups[base_key])
-    for key in sorted(k for k in groups if k != base_key):
-        tp = groups[key]
-        if session_labels and tp.session not in session_labels:
-            continue
-        if raw_sub is not None and raw_sub.is_dir() and not (tp.methods or tp.t1w):
-            continue
-        timepoints.append(tp)
-    return timepoints
 
 
 def participant_row(bids_dir: Path | None, subject: str) -> dict[str, str]:
@@ -238,51 +126,71 @@ def participant_row(bids_dir: Path | None, subject: str) -> dict[str, str]:
 class ParticipantReport:
     """Collects what a participant's report shows; :meth:`context` feeds the template."""
 
-    def __init__(self, output_dir: Path, subject: str, *, bids_dir: Path | None, run_uuid: str,
-                 mass_max_mg_per_l: float = 300.0):
+    def __init__(self, output_dir: Path, subject: str, run_uuid: str, *,
+                 bids_dir: Path | None = None):
         self.output_dir = Path(output_dir)
         self.subject = subject.removeprefix("sub-")
-        self.bids_dir = Path(bids_dir) if bids_dir else None
         self.run_uuid = run_uuid
-        self.vmax = float(mass_max_mg_per_l)
-        self.log_dir = self.output_dir / f"sub-{self.subject}" / "log" / run_uuid
+        self.log_dir = run_log_dir(self.output_dir, self.subject, run_uuid)
         self.warnings: list[dict] = []
         self.report_errors: list[dict] = []
         self._images: OrderedDict[Path, tuple | None] = OrderedDict()
         self._masks: dict[str, np.ndarray] = {}
-        self.config = self._read_config()
-        baseline = self.config.get("baseline_session", "D0")
-        self.timepoints = discover_timepoints(
-            self.bids_dir, self.output_dir, self.subject, baseline_session=baseline,
-            session_labels=self.config.get("session_label") or None)
-        self.baseline = next((tp for tp in self.timepoints if tp.is_baseline), None)
-        self.reference = (self.baseline.session if self.baseline and self.baseline.session
-                          else "T1w")
+        run_config = self._read_config()
+        self.config = dataclasses.asdict(run_config) if run_config else {}
+        defaults = run_config or RunConfig()
+        self.bids_dir = Path(bids_dir) if bids_dir else (
+            Path(run_config.bids_dir) if run_config else None)
+        self.vmax = float(defaults.report_mass_max_mg_per_l)
+        self.plan = self._read_plan()
+        self.timepoints = self.plan.timepoints if self.plan else []
+        self.baseline = self.plan.baseline if self.plan else None
+        self.reference = self.plan.reference_label if self.plan else "T1w"
+        self.outputs = ({o.key: o for o in expected_outputs(self.plan, defaults)}
+                        if self.plan else {})
 
     # ------------------------------------------------------------------ plumbing
-    def _read_config(self) -> dict:
-        import tomllib
-
-        path = self.log_dir / "bids_agquant.toml"
+    def _read_config(self) -> RunConfig | None:
+        path = self.log_dir / RUN_CONFIG_FILE
         try:
-            return tomllib.loads(path.read_text()).get("run", {})
-        except (OSError, ValueError) as exc:
+            return RunConfig.from_toml(path.read_text())
+        except (OSError, ValueError, TypeError) as exc:
             self.warn(None, f"run configuration {path.name} not readable in "
                             f"sub-{self.subject}/log/{self.run_uuid}/ ({exc.__class__.__name__}); "
                             "run parameters are not shown")
-            return {}
+            return None
 
-    def warn(self, tp: RawTimepoint | None, text: str, level: str = "warning",
+    def _read_plan(self) -> ParticipantPlan | None:
+        path = self.log_dir / PLAN_FILE
+        try:
+            return ParticipantPlan.from_json(path.read_text())
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            self.warn(None, f"the run's plan {path.name} is not readable in "
+                            f"sub-{self.subject}/log/{self.run_uuid}/ ({exc.__class__.__name__}): "
+                            "the report cannot say what the run did", level="error")
+            return None
+
+    def warn(self, tp: Timepoint | None, text: str, level: str = "warning",
              anchor: str | None = None):
         self.warnings.append({"level": level, "where": tp.label if tp else "participant",
                               "anchor": anchor or (f"tp-{slug(tp.label)}" if tp else "summary"),
                               "text": text})
 
-    def deriv(self, tp: RawTimepoint, **entities) -> Path:
-        """Path of a derivative of ``tp`` (the sinks' naming, ``data/derivatives.json``)."""
-        ents = {"subject": self.subject, **tp.entities, **entities}
-        ents.setdefault("extension", ".nii.gz")
-        return self.output_dir / build_derivative_path(ents)
+    def is_baseline(self, tp: Timepoint) -> bool:
+        return self.plan is not None and self.plan.is_baseline(tp)
+
+    def out(self, kind: str, tp: Timepoint | None, method: str | None = None) -> Path | None:
+        """Path of the ``kind`` output of ``tp`` in the output contract, or None when the run
+        did not plan it."""
+        output = self.outputs.get((kind, tp.label, method)) if tp is not None else None
+        return self.output_dir / output.relpath if output else None
+
+    @staticmethod
+    def sidecar(path: Path | None) -> Path | None:
+        """The JSON sidecar of a derivative (or None)."""
+        if path is None:
+            return None
+        return path.with_name(re.sub(r"(\.nii\.gz|\.nii|\.tsv|\.mat)$", ".json", path.name))
 
     def rel(self, path: Path) -> str:
         try:
@@ -357,7 +265,7 @@ class ParticipantReport:
 
     def head_mask(self, img, data) -> np.ndarray:
         """Signal (head) mask of an image, as the pipeline's registration mask."""
-        from ..interfaces.qmri import signal_mask
+        from ..qmri.masks import signal_mask
 
         key = str(img.get_filename())
         if key not in self._masks:
@@ -368,26 +276,23 @@ class ParticipantReport:
     def inputs_rows(self) -> list[dict]:
         rows = []
         for tp in self.timepoints:
-            vfa = tp.suffix_files("VFA")
-            mp2 = tp.suffix_files("MP2RAGE") + tp.suffix_files("UNIT1")
-            b1 = [f for f in tp.fmap if _suffix(f) == "TB1map"]
             rows.append({
                 "label": tp.label, "anchor": f"tp-{slug(tp.label)}",
-                "role": "baseline (reference space)" if tp.is_baseline else "post-agent",
-                "hours": tp.hours,
-                "t1w": [f.name for f in tp.suffix_files("T1w")],
-                "vfa": [f.name for f in vfa], "mp2rage": [f.name for f in mp2],
-                "b1": [f.name for f in b1],
+                "role": "baseline (reference space)" if self.is_baseline(tp) else "post-agent",
+                "hours": tp.hours_post_injection,
+                "t1w": [tp.t1w.name] if tp.t1w else [],
+                "vfa": [f.name for f in tp.vfa.files] if tp.vfa else [],
+                "mp2rage": [f.name for f in tp.mp2rage.files] if tp.mp2rage else [],
+                "b1": [tp.b1map.name] if tp.b1map else [],
             })
         return rows
 
     def _map_sidecar(self, tp, method) -> dict:
-        return read_json(self.deriv(tp, desc=method, suffix="T1map", extension=".json")) or {}
+        return read_json(self.sidecar(self.out("T1map", tp, method))) or {}
 
     def _agent_sidecar(self, tp, method) -> dict:
         for suffix in ("massconc", "Gdconc"):
-            meta = read_json(self.deriv(tp, space=self.reference, desc=method, suffix=suffix,
-                                        extension=".json"))
+            meta = read_json(self.sidecar(self.out(suffix, tp, method)))
             if meta:
                 return meta
         return {}
@@ -425,9 +330,9 @@ class ParticipantReport:
         ]
         columns, values = [], []
         for tp in self.timepoints:
-            for method in self._methods(tp):
+            for method in tp.methods:
                 meta = self._map_sidecar(tp, method)
-                if not tp.is_baseline:
+                if not self.is_baseline(tp):
                     meta.update({k: v for k, v in self._agent_sidecar(tp, method).items()
                                  if k in AGENT_KEYS})
                 columns.append({"label": f"{tp.label} · {method}",
@@ -437,10 +342,11 @@ class ParticipantReport:
                     if name == "T1 method":
                         col.append(METHOD_NAMES.get(method, method))
                     elif name == "hours post injection":
-                        col.append(fmt(tp.hours) if not tp.is_baseline else "baseline")
+                        col.append(fmt(tp.hours_post_injection) if not self.is_baseline(tp)
+                                   else "baseline")
                     elif key in meta:
                         col.append(fmt(meta[key]))
-                    elif key in AGENT_KEYS and tp.is_baseline:
+                    elif key in AGENT_KEYS and self.is_baseline(tp):
                         col.append("—")
                     else:
                         col.append("n/a")
@@ -452,23 +358,23 @@ class ParticipantReport:
         return {"columns": columns, "rows": rows}
 
     def run_parameters(self) -> list[tuple[str, str]]:
-        from ..config import load_registration_parameters
-        from ..lesions import LOQ_K
+        from ..lesions import CONTROL_SE_TOLERANCE_PERCENT, LOQ_K
 
         cfg = self.config
-        sloppy = bool(cfg.get("sloppy", False))
-        try:
-            reg = load_registration_parameters(sloppy)
-            reg_text = (f"{reg['type_of_transform']}, metric {reg['aff_metric']}, "
-                        f"{reg['aff_sampling']} bins, iterations {list(reg['aff_iterations'])}"
-                        f"{' (sloppy)' if sloppy else ''}")
-        except Exception:  # noqa: BLE001
-            reg_text = "n/a"
+        reg_text = "n/a (no transform written)"
+        reg = self.registration_parameters()
+        if reg:
+            reg_text = (f"{reg.get('type_of_transform')}, metric {reg.get('aff_metric')}, "
+                        f"{reg.get('aff_sampling')} bins, iterations "
+                        f"{reg.get('aff_iterations')}, shrink factors "
+                        f"{reg.get('aff_shrink_factors')}, smoothing "
+                        f"{reg.get('aff_smoothing_sigmas')} mm"
+                        f"{' (sloppy)' if reg.get('sloppy') else ''}")
         rows = [
             ("run", self.run_uuid),
             ("baseline session", str(cfg.get("baseline_session", "n/a"))),
             ("VFA fit", str(cfg.get("vfa_fit", "n/a"))),
-            ("agent (command line)", str(cfg.get("agent", "from participants.tsv"))),
+            ("agent (command line)", str(cfg.get("agent") or "from participants.tsv")),
             ("r1 override (1/(mM s))", fmt(cfg.get("r1"))),
             ("Gd per particle override", fmt(cfg.get("gd_per_particle"))),
             ("molar mass override (g/mol)", fmt(cfg.get("molar_mass"))),
@@ -479,7 +385,7 @@ class ParticipantReport:
              f"{LOQ_K:g} × robust SD (1.4826 MAD) of normal-tissue region means of the "
              "lesion's size (ICH Q2); a lesion mean |ΔR1| below it is '<LoQ'"),
             ("healthy-tissue control fails when",
-             "|ΔR1 mean| > its LoQ or |SE mean| > 10 %"),
+             f"|ΔR1 mean| > its LoQ or |SE mean| > {CONTROL_SE_TOLERANCE_PERCENT:g} %"),
             ("registration", reg_text + "; lesions masked out of the metric"),
             ("random seed", fmt(cfg.get("random_seed"))),
             ("poor-registration warning", f"correlation < {POOR_REGISTRATION_CORRELATION:g}"),
@@ -489,55 +395,31 @@ class ParticipantReport:
         ]
         return rows
 
-    def _methods(self, tp: RawTimepoint) -> list[str]:
-        found = list(tp.methods)
-        for method in ("vfa", "mp2rage"):
-            if method not in found and self.deriv(tp, desc=method, suffix="T1map").exists():
-                found.append(method)
-        return found
+    def registration_parameters(self) -> dict:
+        """The antspyx parameters the run used, from the sidecar of the first transform to
+        the reference written (``RegistrationParameters``), else of a method → T1w one."""
+        kinds = [("xfm_session", tp, None) for tp in self.timepoints] + [
+            ("xfm_method", tp, m) for tp in self.timepoints for m in tp.methods]
+        for kind, tp, method in kinds:
+            meta = read_json(self.sidecar(self.out(kind, tp, method))) or {}
+            if isinstance(meta.get("RegistrationParameters"), dict):
+                return meta["RegistrationParameters"]
+        return {}
 
-    def uptake_methods(self, tp: RawTimepoint) -> list[str]:
-        base = self._methods(self.baseline) if self.baseline else []
-        return [m for m in self._methods(tp) if m in base]
+    def uptake_methods(self, tp: Timepoint) -> list[str]:
+        return self.plan.methods_for(tp) if self.plan else []
 
-    def expected_outputs(self, tp: RawTimepoint) -> list[Path]:
-        out = []
-        for method in self._methods(tp):
-            out += [self.deriv(tp, desc=method, suffix="T1map"),
-                    self.deriv(tp, desc=method, suffix="R1map")]
-        if self.baseline is None or self.baseline.t1w is None and self.bids_dir:
-            return out
-        has_contours = self.deriv(self.baseline, desc="GTV", suffix="dseg").exists() or any(
-            self.deriv(t, space=self.reference, desc="GTV", suffix="dseg").exists()
-            for t in self.timepoints if not t.is_baseline)
-        ref = self.reference
-        if tp.is_baseline:
-            out += [self.deriv(tp, space=ref, desc=m, suffix="R1map")
-                    for m in self._methods(tp)]
-            if has_contours:
-                out.append(self.deriv(tp, desc="GTV", suffix="dseg"))
-            return out
-        out += [self.deriv(tp, **{"from": "orig", "to": ref, "mode": "image", "suffix": "xfm",
-                                  "extension": ".mat"}),
-                self.deriv(tp, space=ref, desc="preproc", suffix="T1w"),
-                self.deriv(tp, space=ref, desc="t1w", suffix="enhancement")]
-        for method in self.uptake_methods(tp):
-            out += [self.deriv(tp, space=ref, desc=method, suffix=s)
-                    for s in ("R1map", "deltaR1map", "Gdconc", "massconc")]
-            if has_contours:
-                out += [self.deriv(tp, desc=method, suffix=s, extension=".tsv")
-                        for s in ("lesions", "controls", "profiles")]
-        if has_contours:
-            out += [self.deriv(tp, space=ref, desc="GTV", suffix="dseg"),
-                    self.deriv(tp, desc="GTV", suffix="dseg")]
-        return out
+    def expected_outputs(self, tp: Timepoint) -> list[Path]:
+        """The outputs the contract lists for ``tp``."""
+        return [self.output_dir / o.relpath for o in self.outputs.values()
+                if o.timepoint == tp.label]
 
     # ------------------------------------------------------------------ figures
     def base_t1w(self):
         return self.image(self.baseline.t1w) if self.baseline else None
 
     def reference_point(self):
-        point = self.largest_lesion_point(self.deriv(self.baseline, desc="GTV", suffix="dseg"))
+        point = self.largest_lesion_point(self.out("dseg", self.baseline))
         if point is None:
             base = self.base_t1w()
             if base is None:
@@ -545,21 +427,18 @@ class ParticipantReport:
             point = self.head_point(*base)
         return point
 
-    def registration_section(self, tp: RawTimepoint) -> dict:
-        ref = self.reference
-        registered_path = self.deriv(tp, space=ref, desc="preproc", suffix="T1w")
-        sidecar = read_json(registered_path.with_name(
-            registered_path.name.replace(".nii.gz", ".json"))) or {}
+    def registration_section(self, tp: Timepoint) -> dict:
+        registered_path = self.out("preproc_T1w", tp)
+        sidecar = read_json(self.sidecar(registered_path)) or {}
         quality = sidecar.get("RegistrationQuality") or {}
         section = {"quality": quality, "figure": None, "motion": None, "poor": False,
                    "registered": self.rel(registered_path)}
-        xfm = self.deriv(tp, **{"from": "orig", "to": ref, "mode": "image", "suffix": "xfm",
-                                "extension": ".mat"})
-        if xfm.exists():
+        xfm = self.out("xfm_session", tp)
+        if xfm is not None and xfm.exists():
             section["motion"] = self.safe(f"{tp.label} transform", _read_motion, xfm)
         corr = _float_or_none(quality.get("Correlation"))
         if corr is None:
-            if registered_path.exists():
+            if registered_path is not None and registered_path.exists():
                 self.warn(tp, "registration quality not recorded (no RegistrationQuality in "
                               f"{registered_path.name.replace('.nii.gz', '.json')})",
                           anchor=f"reg-{slug(tp.label)}")
@@ -574,9 +453,9 @@ class ParticipantReport:
             return section
         point = self.reference_point()
         planes = figures.Planes(base[0], point)
-        labels_path = self.deriv(tp, space=ref, desc="GTV", suffix="dseg")
-        if not labels_path.exists():
-            labels_path = self.deriv(self.baseline, desc="GTV", suffix="dseg")
+        labels_path = self.out("dseg_ref", tp)
+        if labels_path is None or not labels_path.exists():
+            labels_path = self.out("dseg", self.baseline)
         labels = self.image(labels_path)
         raw = self.image(tp.t1w)
         section["figure"] = figures.registration_figure(
@@ -589,11 +468,11 @@ class ParticipantReport:
             session=tp.label, reference=self.baseline.label)
         return section
 
-    def contours_figure(self, tp: RawTimepoint) -> str | None:
+    def contours_figure(self, tp: Timepoint) -> str | None:
         anatomy = self.image(tp.t1w)
         if anatomy is None:
             return None
-        labels_path = (self.deriv(tp, desc="GTV", suffix="dseg"))
+        labels_path = self.out("dseg", tp)
         labels = self.image(labels_path)
         point = self.largest_lesion_point(labels_path) if labels is not None else None
         if point is None:
@@ -608,14 +487,14 @@ class ParticipantReport:
             planes, anatomy=planes.sample(*anatomy),
             lesions=planes.sample(*labels, order=0) if labels is not None else None, title=title)
 
-    def maps_figure(self, tp: RawTimepoint, method: str) -> str | None:
-        t1_path = self.deriv(tp, desc=method, suffix="T1map")
-        r1_path = self.deriv(tp, desc=method, suffix="R1map")
+    def maps_figure(self, tp: Timepoint, method: str) -> str | None:
+        t1_path = self.out("T1map", tp, method)
+        r1_path = self.out("R1map", tp, method)
         t1, r1 = self.image(t1_path), self.image(r1_path)
         grid = t1 or r1
         if grid is None:
             return None
-        labels_path = self.deriv(tp, desc="GTV", suffix="dseg")
+        labels_path = self.out("dseg", tp)
         labels = self.image(labels_path)
         point = self.largest_lesion_point(labels_path) if labels is not None else None
         if point is None:
@@ -630,12 +509,12 @@ class ParticipantReport:
                   "(white: GTV contours of this session)")
 
     def concentration_figures(self, tp, method, mg_per_mM, lesions: pd.DataFrame | None):
-        mass_path = self.deriv(tp, space=self.reference, desc=method, suffix="massconc")
+        mass_path = self.out("massconc", tp, method)
         mass = self.image(mass_path)
         base = self.base_t1w()
         if mass is None or base is None:
             return None, None
-        labels_path = self.deriv(tp, space=self.reference, desc="GTV", suffix="dseg")
+        labels_path = self.out("dseg_ref", tp)
         labels = self.image(labels_path)
         point = self.reference_point()
         planes = figures.Planes(base[0], point)
@@ -666,8 +545,8 @@ class ParticipantReport:
         return overview, per_lesion
 
     def histogram_svg(self, tp, method, lesions: pd.DataFrame, mg_per_mM, prefix):
-        mass = self.image(self.deriv(tp, space=self.reference, desc=method, suffix="massconc"))
-        labels = self.image(self.deriv(tp, space=self.reference, desc="GTV", suffix="dseg"))
+        mass = self.image(self.out("massconc", tp, method))
+        labels = self.image(self.out("dseg_ref", tp))
         if mass is None or labels is None or lesions is None:
             return None
         lab = np.rint(np.nan_to_num(labels[1])).astype(np.int64)
@@ -713,7 +592,7 @@ class ParticipantReport:
         return {"head": head, "rows": rows, "file": self.rel(path),
                 "all_columns": list(text.columns)}
 
-    def method_section(self, tp: RawTimepoint, method: str) -> dict:
+    def method_section(self, tp: Timepoint, method: str) -> dict:
         anchor = f"{slug(tp.label)}-{method}"
         section = {"method": method, "name": METHOD_NAMES.get(method, method), "anchor": anchor,
                    "maps": None, "agent": {}, "mg_per_mM": None, "conc_overview": None,
@@ -721,14 +600,14 @@ class ParticipantReport:
                    "controls": None, "persistence": None}
         section["maps"] = self.safe(f"{tp.label} {method} T1/R1 maps", self.maps_figure, tp,
                                     method)
-        if tp.is_baseline or method not in self.uptake_methods(tp):
+        if self.is_baseline(tp) or method not in self.uptake_methods(tp):
             return section
         section["uptake"] = True
         agent = self._agent_sidecar(tp, method)
         mg_per_mM = self.mg_per_mM(agent)
         section["agent"] = agent
         section["mg_per_mM"] = mg_per_mM
-        lesions_path = self.deriv(tp, desc=method, suffix="lesions", extension=".tsv")
+        lesions_path = self.out("lesions", tp, method)
         lesions = read_tsv(lesions_path)
         overview_and_crops = self.safe(f"{tp.label} {method} concentration maps",
                                        self.concentration_figures, tp, method, mg_per_mM,
@@ -762,14 +641,14 @@ class ParticipantReport:
             section["histogram"] = self.safe(f"{tp.label} {method} histograms",
                                              self.histogram_svg, tp, method, lesions, mg_per_mM,
                                              f"hist-{anchor}")
-        profiles_path = self.deriv(tp, desc=method, suffix="profiles", extension=".tsv")
+        profiles_path = self.out("profiles", tp, method)
         profiles = read_tsv(profiles_path)
         if profiles is not None and not profiles.empty:
             section["profiles"] = self.safe(
                 f"{tp.label} {method} profiles", figures.profiles_figure, profiles,
                 _lesion_names(lesions), prefix=f"prof-{anchor}",
                 title=f"{method}, {tp.label}: line profiles of the agent concentration")
-        controls_path = self.deriv(tp, desc=method, suffix="controls", extension=".tsv")
+        controls_path = self.out("controls", tp, method)
         section["controls"] = self.table(
             controls_path, CONTROL_COLUMNS, "roi_id",
             lambda row: "failed" if str(row.get("control_failed")).lower() == "true" else "")
@@ -781,42 +660,41 @@ class ParticipantReport:
                                   f"failed: ΔR1 mean {fmt(row.get('deltaR1_mean'))} 1/s (LoQ "
                                   f"{fmt(row.get('deltaR1_loq'))}), SE mean "
                                   f"{fmt(row.get('se_percent_mean'))} %", anchor=anchor)
-        persistence_path = self.deriv(tp, desc=method, suffix="persistence", extension=".tsv")
+        persistence_path = self.out("persistence", tp, method)
         section["persistence"] = self.table(persistence_path, PERSISTENCE_COLUMNS, "lesion_id",
                                             lambda row: "")
         return section
 
-    def timepoint_section(self, tp: RawTimepoint) -> dict:
+    def timepoint_section(self, tp: Timepoint) -> dict:
         expected = self.expected_outputs(tp)
         missing = [self.rel(p) for p in expected if not p.exists()]
         section = {"label": tp.label, "anchor": f"tp-{slug(tp.label)}",
-                   "is_baseline": tp.is_baseline, "hours": tp.hours,
+                   "is_baseline": self.is_baseline(tp), "hours": tp.hours_post_injection,
                    "missing": missing, "n_expected": len(expected)}
         if missing:
             self.warn(tp, f"{len(missing)} of {len(expected)} expected outputs missing "
                           "(see the timepoint's section; a processing step failed or was "
                           "skipped)", level="error")
-        if not tp.is_baseline:
+        if not self.is_baseline(tp):
             section["registration"] = self.safe(f"{tp.label} registration check",
                                                 self.registration_section, tp)
         section["contours"] = self.safe(f"{tp.label} contours", self.contours_figure, tp)
-        section["methods"] = [self.method_section(tp, m) for m in self._methods(tp)]
+        section["methods"] = [self.method_section(tp, m) for m in tp.methods]
         return section
 
     # ------------------------------------------------------------------ errors, methods
     def crashes(self) -> list[dict]:
-        """Crash files of this run, each attributed to its timepoint when the node name ends
-        with the timepoint's node suffix (``uptake_vfa_D8`` → ``ses-D8``)."""
+        """Crash files of this run, each attributed to its timepoint by the plan
+        (:meth:`~bids_agquant.plan.ParticipantPlan.timepoint_for_node`)."""
         files = sorted(self.log_dir.glob("crash-*")) if self.log_dir.is_dir() else []
-        suffixes = {_node_suffix(tp.label): tp for tp in self.timepoints}
         out = []
         for path in files:
             entry = parse_crash_file(path) if path.suffix == ".txt" else {
                 "file": path.name, "node": "?", "error": "binary crash file (pklz): open with "
                 "nipypecli crash", "text": ""}
             entry["path"] = self.rel(path)
-            node = entry["node"].rsplit(".", 1)[-1]
-            tp = suffixes.get(node.rsplit("_", 1)[-1])
+            node = entry["node"].split(".", 1)[-1]  # without the run's root workflow
+            tp = self.plan.timepoint_for_node(entry["node"]) if self.plan else None
             entry["timepoint"] = tp.label if tp else None
             out.append(entry)
             self.warn(tp, f"node {node} crashed: {entry['error']}", level="error",
@@ -824,10 +702,10 @@ class ParticipantReport:
         return out
 
     def methods_text(self, versions: dict) -> list[str]:
-        methods = sorted({m for tp in self.timepoints for m in self._methods(tp)})
+        methods = sorted({m for tp in self.timepoints for m in tp.methods})
         agents = {}
         for tp in self.timepoints:
-            if tp.is_baseline:
+            if self.is_baseline(tp):
                 continue
             for method in self.uptake_methods(tp):
                 meta = self._agent_sidecar(tp, method)
@@ -879,11 +757,6 @@ class ParticipantReport:
     def context(self) -> dict:
         versions = package_versions()
         participant = participant_row(self.bids_dir, self.subject)
-        if not self.timepoints:
-            self.warn(None, "no timepoint found for this participant (raw dataset "
-                            f"{self.bids_dir} and derivatives both empty)", level="error")
-        if self.baseline is None and self.timepoints:
-            self.warn(None, "no baseline timepoint found", level="error")
         crashes = self.crashes()
         sections = [self.timepoint_section(tp) for tp in self.timepoints]
         for section in sections:
@@ -907,11 +780,6 @@ class ParticipantReport:
         }
 
 
-def _node_suffix(label: str) -> str:
-    """A timepoint label as it ends the workflow's node names (``Timepoint.node_suffix``)."""
-    return re.sub(r"[^A-Za-z0-9]", "", label.replace("ses-", "").replace("ce-", "ce"))
-
-
 def _nan(value) -> float:
     number = _float_or_none(value)
     return np.nan if number is None else number
@@ -932,9 +800,9 @@ def _read_motion(xfm: Path) -> dict:
     return rigid_motion(np.asarray(content[key]).ravel())
 
 
-def write_participant_report(output_dir: Path, subject: str, *, bids_dir: Path, run_uuid: str,
-                             mass_max_mg_per_l: float = 300.0) -> Path:
-    """Write ``output_dir/sub-<id>.html`` from what the run left on disk.
+def write_participant_report(output_dir: Path, subject: str, run_uuid: str, *,
+                             bids_dir: Path | None = None) -> Path:
+    """Write ``output_dir/sub-<id>.html`` from what the run recorded and left on disk.
 
     Parameters
     ----------
@@ -942,13 +810,12 @@ def write_participant_report(output_dir: Path, subject: str, *, bids_dir: Path, 
         The derivatives dataset (``sub-<id>/`` with the participant's outputs).
     subject : str
         Participant label (with or without ``sub-``).
-    bids_dir : Path
-        The raw dataset (participants.tsv, sessions.tsv, raw images).
     run_uuid : str
-        The run whose ``sub-<id>/log/<run_uuid>/`` holds the configuration and crash files.
-    mass_max_mg_per_l : float
-        Top of the fixed colour scale of the concentration maps, mg/L (NanoBrainMets:
-        0.3 mg/ml = 300 mg/L).
+        The run whose ``sub-<id>/log/<run_uuid>/`` holds the plan, the configuration and
+        the crash files.
+    bids_dir : Path, optional
+        The raw dataset (participants.tsv and the images the plan names); default: the
+        run's ``bids_dir``.
 
     Returns
     -------
@@ -957,8 +824,7 @@ def write_participant_report(output_dir: Path, subject: str, *, bids_dir: Path, 
         the report; a figure that cannot be drawn is listed in its errors section.
     """
     start = time.perf_counter()
-    report = ParticipantReport(output_dir, subject, bids_dir=bids_dir, run_uuid=run_uuid,
-                               mass_max_mg_per_l=mass_max_mg_per_l)
+    report = ParticipantReport(output_dir, subject, run_uuid, bids_dir=bids_dir)
     html = render("participant.html.j2", **report.context())
     path = Path(output_dir) / f"sub-{report.subject}.html"
     atomic_write_text(path, html)

@@ -16,7 +16,7 @@ NMI_BINS = 64
 #: report warns of a poor registration. On the 2 mm reference dataset (SNR 100, true motion of
 #: a few mm and degrees) every registered session reaches r = 0.985-0.988 (0.37-0.56 before
 #: registration), and moving a registered image by half a voxel (1 mm) lowers r to 0.946, by
-#: one voxel to 0.85, a 2 degree rotation to 0.92 (tests/test_reports.py re-measures this).
+#: one voxel to 0.85, a 2 degree rotation to 0.92 (tests/e2e/test_reports.py re-measures this).
 #: 0.95 therefore flags a residual error of about half a voxel or more. Noise lowers r for
 #: every session alike (the ceiling is set by the SNR), so a warning calls for a look at the
 #: checkerboard, not for automatic rejection.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from nipype.pipeline import engine as pe
 
-from ..bids import ParticipantPlan, Timepoint, bids_uri
+from ..derivatives import bids_uri, expected_outputs
 from ..interfaces.bids import DerivativesSink
+from ..plan import ParticipantPlan, Timepoint
 
 UNITS = {
     "T1map": "s",
@@ -17,27 +18,42 @@ UNITS = {
 }
 
 
-def timepoint_entities(plan: ParticipantPlan, timepoint: Timepoint) -> dict:
-    """The source entities every output of a timepoint keeps (sub, ses, ce)."""
-    entities = {"subject": plan.subject}
-    if timepoint.session:
-        entities["session"] = timepoint.session
-    if timepoint.ceagent:
-        entities["ceagent"] = timepoint.ceagent
-    return entities
+class Sinks:
+    """The ``ds_*`` sink nodes of one participant, named by the output contract.
 
+    Every sink takes its file name from :func:`bids_agquant.derivatives.expected_outputs`: a
+    sink for an output the contract does not list is an error when the graph is built, and a
+    test checks that every listed output has its sink.
 
-def ds_node(
-    *, output_dir: str, plan: ParticipantPlan, timepoint: Timepoint, name: str,
-    metadata: dict | None = None, **entities,
-) -> pe.Node:
-    """A sink writing one output of ``timepoint`` under its DESIGN.md §5 name."""
-    all_entities = {**timepoint_entities(plan, timepoint), **entities}
-    return pe.Node(
-        DerivativesSink(base_directory=output_dir, entities=all_entities,
-                        metadata=metadata or {}),
-        name=name, run_without_submitting=True,
-    )
+    Parameters
+    ----------
+    plan : ParticipantPlan
+    config : RunConfig
+    """
+
+    def __init__(self, plan: ParticipantPlan, config):
+        self.output_dir = str(config.output_dir)
+        self.outputs = {output.key: output for output in expected_outputs(plan, config)}
+
+    def node(self, kind: str, timepoint: Timepoint, method: str | None = None, *,
+             metadata: dict | None = None) -> pe.Node:
+        """A sink writing the ``kind`` output of ``timepoint`` (and ``method``).
+
+        Raises
+        ------
+        KeyError
+            The contract lists no such output for this plan.
+        """
+        key = (kind, timepoint.label, method)
+        if key not in self.outputs:
+            raise KeyError(f"output {key} is not in the output contract of this plan")
+        name = "_".join(["ds", kind.lower(), *([method] if method else []),
+                         timepoint.node_suffix])
+        return pe.Node(
+            DerivativesSink(base_directory=self.output_dir,
+                            entities=self.outputs[key].entity_dict, metadata=metadata or {}),
+            name=name, run_without_submitting=True,
+        )
 
 
 def source_uris(bids_dir, files) -> list[str]:

@@ -17,7 +17,11 @@ def registration_mem_gb(fixed_image: str) -> float:
     import nibabel as nb
     import numpy as np
 
-    n_voxels = float(np.prod(nb.load(fixed_image).shape[:3]))
+    try:
+        n_voxels = float(np.prod(nb.load(fixed_image).shape[:3]))
+    except (OSError, nb.filebasedimages.ImageFileError):
+        # A graph built from a plan without image data (tests): the 1 mm MNI-grid figure.
+        n_voxels = 182 * 218 * 182
     return round(0.3 + 1.5e-7 * n_voxels, 2)
 
 
@@ -36,12 +40,14 @@ def init_rigid_registration_wf(
     -------
     transform : ANTs transform mapping fixed-space points to moving-space points.
     warped_image : moving image resampled to the fixed grid (for QC).
+    parameters : the antspyx parameters used (recorded in the transform's sidecar).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["moving_image", "fixed_mask"]),
                         name="inputnode")
     outputnode = pe.Node(
-        niu.IdentityInterface(fields=["transform", "warped_image", "mi_before", "mi_after"]),
+        niu.IdentityInterface(fields=["transform", "warped_image", "mi_before", "mi_after",
+                                      "parameters"]),
         name="outputnode",
     )
     register = pe.Node(
@@ -58,6 +64,7 @@ def init_rigid_registration_wf(
         (inputnode, register, [("fixed_mask", "fixed_mask")]),
         (register, outputnode, [("transform", "transform"), ("warped_image", "warped_image"),
                                 ("mutual_information_before", "mi_before"),
-                                ("mutual_information_after", "mi_after")]),
+                                ("mutual_information_after", "mi_after"),
+                                ("parameters", "parameters")]),
     ])
     return workflow

@@ -5,8 +5,8 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..bids import MP2RAGESet, Timepoint
 from ..interfaces.qmri import FitMP2RAGE, FitVFA
+from ..plan import MP2RAGESet, Timepoint
 from ..qmri.mp2rage import DEFAULT_INVERSION_EFFICIENCY
 
 _OUTPUTS = ["t1map", "r1map", "valid_mask", "reference_image", "b1_decision"]

@@ -1,41 +1,35 @@
-"""BIDS input → :class:`ParticipantPlan`, and BIDS-Derivatives writing helpers.
+"""BIDS input → :class:`ParticipantPlan`: what one participant's run will process.
 
 The plan says, for one participant, which images form the baseline timepoint and which form
 each post-agent timepoint (DESIGN.md §4), with the acquisition parameters read defensively from
-the (inherited) JSON sidecars. Anything required that is missing raises :class:`InputError`
-naming the file and key; the CLI turns it into exit code 66 (or 65 for unreadable values).
+the (inherited) JSON sidecars (:mod:`bids_agquant.sidecars`). Anything required that is missing
+raises :class:`~bids_agquant.errors.InputError` naming the file and key; the CLI turns it into
+exit code 66 (or 65 for unreadable values).
+
+The run writes the plan it used as ``sub-<id>/log/<run>/plan.json``
+(:meth:`ParticipantPlan.to_json`); the report and the output contract read it back
+(:meth:`ParticipantPlan.from_json`) instead of finding the inputs again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
-import os
 import re
-import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
-from .config import PLACEBO_NAMES
+from .config import DEFAULT_BASELINE_SESSION, PLACEBO_NAMES, AgentParameters
+from .errors import EX_DATAERR, InputError
+from .qmri.mp2rage import choose_uni_source
+from .sidecars import number, number_shots, numbers, required, seconds
 
 LOGGER = logging.getLogger("bids_agquant")
-
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_CANTCREAT = 73
-
-
-class InputError(Exception):
-    """Unusable input; ``exit_code`` follows DESIGN.md §7 (65 bad data, 66 missing)."""
-
-    def __init__(self, message: str, exit_code: int = EX_NOINPUT):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # --------------------------------------------------------------------------- plan objects
@@ -74,13 +68,11 @@ class MP2RAGESet:
 
     @property
     def uni_source(self) -> str:
-        """How UNI is obtained: ``complex`` (INV1/INV2 magnitude and phase), ``unit1``
-        (the scanner's UNI image) or ``magnitude`` (INV1/INV2 magnitudes, sign recovered)."""
-        if self.inv1 and self.inv2 and self.inv1_phase and self.inv2_phase:
-            return "complex"
-        if self.unit1 is not None:
-            return "unit1"
-        return "magnitude"
+        """How UNI is obtained (:func:`bids_agquant.qmri.mp2rage.choose_uni_source`)."""
+        return choose_uni_source(
+            has_magnitudes=self.inv1 is not None and self.inv2 is not None,
+            has_phases=self.inv1_phase is not None and self.inv2_phase is not None,
+            has_unit1=self.unit1 is not None)
 
     @property
     def files(self) -> list[Path]:
@@ -134,6 +126,16 @@ class Timepoint:
         return "_".join(parts) or "baseline"
 
     @property
+    def entities(self) -> dict:
+        """The source entities every output of this timepoint keeps (pybids names)."""
+        out = {}
+        if self.session:
+            out["session"] = self.session
+        if self.ceagent:
+            out["ceagent"] = self.ceagent
+        return out
+
+    @property
     def node_suffix(self) -> str:
         """The label made safe for a Nipype node name."""
         return re.sub(r"[^A-Za-z0-9]", "", self.label.replace("ses-", "").replace("ce-", "ce"))
@@ -173,61 +175,86 @@ class ParticipantPlan:
         """``space-`` label of the reference (baseline) space."""
         return self.baseline.session or "T1w"
 
+    #: The participant's agent constants, resolved by the run (preset, overrides, field).
+    agent_parameters: AgentParameters | None = None
+
+    @property
+    def timepoints(self) -> list[Timepoint]:
+        """The baseline first, then the post-agent timepoints in plan order."""
+        return [self.baseline, *self.posts]
+
+    def is_baseline(self, timepoint: Timepoint) -> bool:
+        return timepoint.label == self.baseline.label
+
     def methods_for(self, timepoint: Timepoint) -> list[str]:
         """T1 methods giving uptake maps for a post-agent timepoint (shared with the baseline)."""
         return [m for m in timepoint.methods if m in self.baseline.methods]
 
+    def field_strength_T(self, default_T: float) -> float:
+        """Main field of the baseline acquisitions (their sidecars), else ``default_T``: it
+        picks the agent's relaxivity, for the participant and for every ``ce-`` timepoint."""
+        return self.baseline.field_strength_T or default_T
 
-# --------------------------------------------------------------------------- sidecar parsing
-def _number(value, key: str, source: Path) -> float:
-    """A float from a sidecar value that may be a number, a numeric string or a 1-list."""
-    if isinstance(value, list | tuple) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*(ms|s|deg)?\s*", value)
-        if not match:
-            raise InputError(f"{source}: {key} = {value!r} is not a number", EX_DATAERR)
-        number = float(match.group(1))
-        if match.group(2) == "ms":
-            LOGGER.info("%s: %s given as %r, read as milliseconds", source, key, value)
-            number /= 1000.0
-        value = number
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(f"{source}: {key} = {value!r} is not a finite number", EX_DATAERR)
-    return float(value)
+    def timepoint_for_node(self, node_name: str) -> Timepoint | None:
+        """The timepoint a Nipype node belongs to, from its dotted name.
 
+        The workflows put the timepoint's :attr:`Timepoint.node_suffix` as one ``_``-separated
+        word into the names of its nodes and sub-workflows (``reg_D8_to_ref_wf.register``,
+        ``uptake_vfa_D8_wf.uptake`` → ``ses-D8``); participant-level nodes match none.
+        """
+        by_suffix = {tp.node_suffix: tp for tp in self.timepoints}
+        for part in reversed(node_name.split(".")):
+            if part.startswith(("sub_", "bids_agquant_")):
+                break  # the participant's and the run's own workflows
+            for word in reversed(part.split("_")):
+                if word in by_suffix:
+                    return by_suffix[word]
+        return None
 
-def _seconds(value, key: str, source: Path, *, max_plausible_s: float) -> float:
-    """Sidecar time in seconds; values above ``max_plausible_s`` are taken as milliseconds."""
-    number = _number(value, key, source)
-    if number > max_plausible_s:
-        LOGGER.warning("%s: %s = %g looks like milliseconds; using %g s", source, key, number,
-                       number / 1000.0)
-        number /= 1000.0
-    if number <= 0:
-        raise InputError(f"{source}: {key} = {number!r} must be positive", EX_DATAERR)
-    return number
+    def to_json(self) -> str:
+        """The plan as JSON (paths as strings), read back by :meth:`from_json`."""
+        return json.dumps(_encode(self), indent=2) + "\n"
 
-
-def _numbers(value, key: str, source: Path, count: int | None = None) -> list[float]:
-    """A list of floats from a list, a JSON-ish string (``"[0.7, 2.5]"``, ``"0.7 2.5"``) or a
-    scalar; ``count`` (if given) is the required length."""
-    if isinstance(value, str):
-        text = value.strip().strip("[]()")
-        value = [v for v in re.split(r"[,;\s]+", text) if v] if text else []
-    if not isinstance(value, list | tuple):
-        value = [value]
-    numbers = [_number(v, key, source) for v in value]
-    if count is not None and len(numbers) != count:
-        raise InputError(f"{source}: {key} = {value!r} should have {count} values", EX_DATAERR)
-    return numbers
+    @classmethod
+    def from_json(cls, text: str) -> ParticipantPlan:
+        """Inverse of :meth:`to_json`: the same plan, field for field."""
+        return _decode(cls, json.loads(text))
 
 
-def _required(metadata: dict, key: str, source: Path):
-    if key not in metadata or metadata[key] in (None, ""):
-        raise InputError(f"{source}: required sidecar key {key!r} is missing (JSON sidecar or an "
-                         "inherited top-level JSON)")
-    return metadata[key]
+def _encode(value):
+    """Dataclasses to dicts, paths to strings, tuples to lists (JSON types only)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(kind, value):
+    """``value`` (from :func:`_encode`) back into the annotated type ``kind``."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        return _decode(options[0], value)
+    if origin is list:
+        return [_decode(args[0], v) for v in value]
+    if origin is tuple:
+        return tuple(_decode(a, v) for a, v in zip(args, value, strict=True))
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{f.name: _decode(hints[f.name], value[f.name])
+                       for f in dataclasses.fields(kind) if f.name in value})
+    if kind is Path:
+        return Path(value)
+    if kind is float:
+        return float(value)
+    return value
 
 
 # --------------------------------------------------------------------------- layout → plan
@@ -256,11 +283,11 @@ def _collect_vfa(layout, subject, session, ceagent) -> VFASet | None:
     flips, trs, fields = [], [], []
     for path in files:
         meta = layout.get_metadata(str(path))
-        flips.append(_number(_required(meta, "FlipAngle", path), "FlipAngle", path))
-        trs.append(_seconds(_required(meta, "RepetitionTimeExcitation", path),
+        flips.append(number(required(meta, "FlipAngle", path), "FlipAngle", path))
+        trs.append(seconds(required(meta, "RepetitionTimeExcitation", path),
                             "RepetitionTimeExcitation", path, max_plausible_s=1.0))
         if "MagneticFieldStrength" in meta:
-            fields.append(_number(meta["MagneticFieldStrength"], "MagneticFieldStrength", path))
+            fields.append(number(meta["MagneticFieldStrength"], "MagneticFieldStrength", path))
     if len(files) < 2:
         raise InputError(f"{files[0]}: a VFA T1 fit needs at least two flip angles, found one")
     if len(set(flips)) < len(flips):
@@ -276,34 +303,6 @@ def _collect_vfa(layout, subject, session, ceagent) -> VFASet | None:
         repetition_time_s=trs[0],
         field_strength_T=fields[0] if fields else None,
     )
-
-
-def _number_shots(meta: dict, source: Path) -> tuple[tuple[int, int], str]:
-    """NumberShots as (before, after) the k-space centre, and how it was read (BIDS qMRI
-    appendix: a pair is taken literally; a single number is the total per readout)."""
-    raw = _required(meta, "NumberShots", source)
-    values = _numbers(raw, "NumberShots", source)
-    if len(values) not in (1, 2) or any(v < 1 or v != int(v) for v in values):
-        raise InputError(f"{source}: NumberShots = {raw!r} must be a positive integer or "
-                         "[before, after] the k-space centre", EX_DATAERR)
-    if len(values) == 2:
-        before, after = int(values[0]), int(values[1])
-        return (before, after), f"NumberShots [{before}, {after}] taken as [before, after]"
-    total = int(values[0])
-    slices = meta.get("SlicesPerSlab")
-    partial = meta.get("SlicePartialFourier")
-    if slices is not None and partial is not None:
-        slices = _number(slices, "SlicesPerSlab", source)
-        partial = _number(partial, "SlicePartialFourier", source)
-        before, after = round(slices * (partial - 0.5)), round(slices / 2)
-        if before + after == total:
-            return (before, after), (f"NumberShots {total} split as [{before}, {after}] from "
-                                     f"SlicesPerSlab {slices:g} and SlicePartialFourier "
-                                     f"{partial:g} (BIDS qMRI appendix)")
-    before = total // 2
-    return (before, total - before), (f"NumberShots {total} is one number: assumed a symmetric "
-                                      f"(linear, no partial Fourier) readout [{before}, "
-                                      f"{total - before}]")
 
 
 def _collect_mp2rage(layout, subject, session, ceagent) -> MP2RAGESet | None:
@@ -340,27 +339,27 @@ def _collect_mp2rage(layout, subject, session, ceagent) -> MP2RAGESet | None:
     # Per-inversion values from the inv-<n> sidecars; else arrays in the UNIT1 sidecar.
     if inv1 and inv2:
         metas = [(inv1, layout.get_metadata(str(inv1))), (inv2, layout.get_metadata(str(inv2)))]
-        flips = [_number(_required(m, "FlipAngle", p), "FlipAngle", p) for p, m in metas]
-        tis = [_seconds(_required(m, "InversionTime", p), "InversionTime", p,
+        flips = [number(required(m, "FlipAngle", p), "FlipAngle", p) for p, m in metas]
+        tis = [seconds(required(m, "InversionTime", p), "InversionTime", p,
                         max_plausible_s=10.0) for p, m in metas]
         source, meta = metas[1]
     else:
         source, meta = unit1[0], layout.get_metadata(str(unit1[0]))
-        flips = _numbers(_required(meta, "FlipAngle", source), "FlipAngle", source, 2)
-        tis = [_seconds(t, "InversionTime", source, max_plausible_s=10.0) for t in
-               _numbers(_required(meta, "InversionTime", source), "InversionTime", source, 2)]
-    tr_prep = _seconds(_required(meta, "RepetitionTimePreparation", source),
+        flips = numbers(required(meta, "FlipAngle", source), "FlipAngle", source, 2)
+        tis = [seconds(t, "InversionTime", source, max_plausible_s=10.0) for t in
+               numbers(required(meta, "InversionTime", source), "InversionTime", source, 2)]
+    tr_prep = seconds(required(meta, "RepetitionTimePreparation", source),
                        "RepetitionTimePreparation", source, max_plausible_s=30.0)
-    tr_exc = _seconds(_required(meta, "RepetitionTimeExcitation", source),
+    tr_exc = seconds(required(meta, "RepetitionTimeExcitation", source),
                       "RepetitionTimeExcitation", source, max_plausible_s=1.0)
-    shots, shots_decision = _number_shots(meta, source)
+    shots, shots_decision = number_shots(meta, source)
     LOGGER.info("%s: %s", source, shots_decision)
     efficiency = None
     if "InversionEfficiency" in meta:
-        efficiency = _number(meta["InversionEfficiency"], "InversionEfficiency", source)
+        efficiency = number(meta["InversionEfficiency"], "InversionEfficiency", source)
     field_strength = None
     if "MagneticFieldStrength" in meta:
-        field_strength = _number(meta["MagneticFieldStrength"], "MagneticFieldStrength", source)
+        field_strength = number(meta["MagneticFieldStrength"], "MagneticFieldStrength", source)
     phase_units = None
     if inv1_phase is not None:
         phase_units = layout.get_metadata(str(inv1_phase)).get("Units")
@@ -458,7 +457,7 @@ def collect_plan(
     layout,
     subject: str,
     *,
-    baseline_session: str = "D0",
+    baseline_session: str = DEFAULT_BASELINE_SESSION,
     session_labels: list[str] | None = None,
     contours_dir: Path | None = None,
 ) -> ParticipantPlan:
@@ -577,165 +576,3 @@ def collect_plan(
     return plan
 
 
-# --------------------------------------------------------------------------- derivatives
-def find_validator() -> str | None:
-    """``bids-validator-deno`` on PATH, or beside this Python (a venv used without activation)."""
-    import shutil
-    import sys
-
-    exe = shutil.which("bids-validator-deno")
-    if exe:
-        return exe
-    local = Path(sys.executable).with_name("bids-validator-deno")
-    return str(local) if local.exists() else None
-
-
-def path_patterns() -> list[str]:
-    """pybids path patterns for every output this app writes."""
-    text = resources.files("bids_agquant.data").joinpath("derivatives.json").read_text()
-    config = json.loads(text)
-    return config["default_path_patterns"]
-
-
-def build_derivative_path(entities: dict) -> str:
-    """Relative output path for ``entities`` (pybids ``build_path`` with our patterns)."""
-    from bids.layout.writing import build_path
-
-    path = build_path(entities, path_patterns(), strict=True)
-    if path is None:
-        raise ValueError(f"no output pattern matches {entities}")
-    return path
-
-
-def bids_uri(path: Path, root: Path, dataset: str = "raw") -> str:
-    """BIDS URI ``bids:<dataset>:<relative path>`` of a file of a linked dataset."""
-    return f"bids:{dataset}:{Path(path).resolve().relative_to(Path(root).resolve()).as_posix()}"
-
-
-def is_inside(path: Path, parent: Path) -> bool:
-    """Whether ``path`` is ``parent`` or lies below it (symlinks resolved)."""
-    try:
-        Path(path).resolve().relative_to(Path(parent).resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
-_UMASK = _read_umask()
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Give a finished temporary file normal permissions and move it to its final name.
-
-    ``mkstemp`` creates files readable by their owner only; a results folder shared by a
-    team needs the permissions any other new file would get (0666 minus the umask).
-    """
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text so that a reader never sees a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` atomically (temporary file in the destination folder)."""
-    import shutil
-
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        _publish(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-DESCRIPTIONS = {
-    "vfa": "Quantity estimated from variable-flip-angle spoiled-GRE images (DESPOT1 fit, "
-           "optional B1+ correction)",
-    "mp2rage": "Quantity estimated from MP2RAGE images (Marques 2010 signal model, look-up of "
-               "T1 from the UNI contrast, optional B1+ correction)",
-    "t1w": "Signal enhancement computed on the T1-weighted GRE images",
-    "GTV": "Gross tumour volume contours, one integer label per lesion",
-    "preproc": "Session T1w rigidly registered and resampled (linear) onto the baseline T1w grid",
-}
-
-BIDSIGNORE = [
-    "*.html",
-    "sub-*/figures",
-    "logs",
-    "sub-*/log",  # crash files and run configuration (the validator wants no trailing slash)
-    "*_xfm.*",
-    "*_deltaR1map.*",
-    "*_Gdconc.*",
-    "*_massconc.*",
-    "*_enhancement.*",
-    "*_lesions.*",
-    "*_controls.*",
-    "*_profiles.*",
-    "*_persistence.*",
-    "group_*",
-]
-
-
-def write_derivative_description(output_dir: Path, bids_dir: Path, *, contours_dir=None) -> None:
-    """``dataset_description.json``, ``.bidsignore`` and ``descriptions.tsv`` (atomic)."""
-    output_dir = Path(output_dir)
-    container = {}
-    if os.environ.get("BIDS_AGQUANT_CONTAINER"):
-        container = {"Container": {"Type": os.environ.get("BIDS_AGQUANT_CONTAINER_TYPE", "docker"),
-                                   "Tag": os.environ["BIDS_AGQUANT_CONTAINER"]}}
-    links = {"raw": Path(bids_dir).resolve().as_uri()}
-    if contours_dir is not None:
-        links["contours"] = Path(contours_dir).resolve().as_uri()
-    source_description = {}
-    src_json = Path(bids_dir) / "dataset_description.json"
-    if src_json.exists():
-        try:
-            source_description = json.loads(src_json.read_text())
-        except json.JSONDecodeError:
-            LOGGER.warning("%s is not valid JSON; SourceDatasets left minimal", src_json)
-    source = {"URL": links["raw"]}
-    if source_description.get("DatasetDOI"):
-        source["DOI"] = source_description["DatasetDOI"]
-    description = {
-        "Name": "bids-agquant: gadolinium nanoparticle uptake maps and per-lesion statistics",
-        "BIDSVersion": "1.10.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [{
-            "Name": "bids-agquant",
-            "Version": __version__,
-            "CodeURL": "https://pypi.org/project/bids-agquant/",
-            **container,
-        }],
-        "SourceDatasets": [source],
-        "DatasetLinks": links,
-    }
-    if "License" in source_description:
-        description["License"] = source_description["License"]
-    atomic_write_text(output_dir / "dataset_description.json",
-                      json.dumps(description, indent=2) + "\n")
-    atomic_write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
-    rows = ["desc_id\tdescription"] + [f"desc-{k}\t{v}" for k, v in DESCRIPTIONS.items()]
-    atomic_write_text(output_dir / "descriptions.tsv", "\n".join(rows) + "\n")

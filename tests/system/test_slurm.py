@@ -25,7 +25,7 @@ from conftest import require_program
 
 pytestmark = pytest.mark.slurm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLURM_DIR = ROOT / "workflows" / "slurm"
 VENV_BIN = Path(sys.prefix) / "bin"
 QUEUE_TIMEOUT_S = 600

@@ -11,9 +11,10 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_agquant.bids import InputError, collect_plan, load_layout
 from bids_agquant.cli.run import main
 from bids_agquant.config import RunConfig, agent_for_timepoint, resolve_agent
+from bids_agquant.errors import InputError
+from bids_agquant.plan import collect_plan, load_layout
 from bids_agquant.workflows.base import init_participant_wf
 
 MP2RAGE_TOP = {"RepetitionTimeExcitation": 0.0071, "RepetitionTimePreparation": 5.0,
@@ -170,7 +171,7 @@ def test_plain_t1_mapping_dataset_without_sessions_or_t1w(tmp_path):
     plan = _plan(root)
     assert plan.baseline.session is None and plan.posts == []
     config = RunConfig(root, tmp_path / "out", "participant", tmp_path / "work")
-    workflow = init_participant_wf(plan, config, resolve_agent("aguix"))
+    workflow = init_participant_wf(plan, config)
     names = set(workflow.list_node_names())
     assert "mp2rage_t1map_baseline_wf.fit_mp2rage" in names
     assert {"ds_t1map_mp2rage_baseline", "ds_r1map_mp2rage_baseline"} <= names

@@ -7,10 +7,11 @@ import shutil
 
 import pytest
 
-from bids_agquant.bids import collect_plan, find_validator, load_layout
 from bids_agquant.cli.parser import parse_args
 from bids_agquant.cli.run import main
 from bids_agquant.config import RunConfig, resolve_agent
+from bids_agquant.plan import collect_plan, load_layout
+from bids_agquant.validation import find_validator
 
 
 def _copy_raw(dro, tmp_path):
@@ -154,7 +155,7 @@ def test_unwritable_output_exits_73(dro2mm, tmp_path):
     ([0.015], 0.015),      # one-element list
 ])
 def test_repetition_time_is_read_in_seconds(value, expected_s, tmp_path):
-    from bids_agquant.bids import _seconds
+    from bids_agquant.sidecars import seconds as _seconds
 
     source = tmp_path / "x_VFA.json"
     assert _seconds(value, "RepetitionTimeExcitation", source,
@@ -163,7 +164,8 @@ def test_repetition_time_is_read_in_seconds(value, expected_s, tmp_path):
 
 @pytest.mark.parametrize("value", ["fast", None, [0.01, 0.02], -0.015, float("nan")])
 def test_unreadable_repetition_time_exits_65(value, tmp_path):
-    from bids_agquant.bids import EX_DATAERR, InputError, _seconds
+    from bids_agquant.errors import EX_DATAERR, InputError
+    from bids_agquant.sidecars import seconds as _seconds
 
     with pytest.raises(InputError) as exc:
         _seconds(value, "RepetitionTimeExcitation", tmp_path / "x_VFA.json", max_plausible_s=1.0)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_agquant.bids import find_validator
 from bids_agquant.cli.run import main as run_main
 from bids_agquant.interfaces.ants import ants_transform_to_ras
+from bids_agquant.validation import find_validator
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from bids_agquant import dro as dro_mod
-from bids_agquant.bids import find_validator
 from bids_agquant.dro import DRO, make_dataset
 from bids_agquant.qmri import mp2rage
+from bids_agquant.validation import find_validator
 
 SESSIONS = ("D0", "D1", "D8")
 FLIPS = (2.0, 5.0, 10.0, 15.0)

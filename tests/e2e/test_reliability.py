@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_agquant.bids import find_validator
 from bids_agquant.cli.run import main
+from bids_agquant.validation import find_validator
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -282,7 +282,7 @@ class _nothing:
 
 
 def test_missing_dose_and_weight_skip_dose_features_with_a_warning(raw, caplog):
-    from bids_agquant.bids import collect_plan, load_layout
+    from bids_agquant.plan import collect_plan, load_layout
     from bids_agquant.preflight import check_plan
 
     table = pd.read_csv(raw / "participants.tsv", sep="\t")
@@ -296,7 +296,7 @@ def test_missing_dose_and_weight_skip_dose_features_with_a_warning(raw, caplog):
 
 
 def test_sidecar_values_in_ms_and_strings_are_read(raw):
-    from bids_agquant.bids import collect_plan, load_layout
+    from bids_agquant.plan import collect_plan, load_layout
 
     for flip, value in ((1, "15 ms"), (2, 15), (3, "0.015")):
         sidecar = _anat(raw, "03", "D1") / f"sub-03_ses-D1_flip-{flip}_VFA.json"

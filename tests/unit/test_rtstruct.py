@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -25,8 +27,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from bids_agquant.bids import InputError, find_contours
 from bids_agquant.cli.import_rtstruct import main as import_main
+from bids_agquant.errors import InputError
+from bids_agquant.io import process_umask
+from bids_agquant.plan import find_contours
 from bids_agquant.rtstruct import import_rtstruct, read_dicom_series, read_rtstruct
 
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -714,6 +718,51 @@ def test_cli_refuses_to_overwrite_without_the_flag(small_bids):
     assert _cli(small_bids) == 0
     assert _cli(small_bids) == 73
     assert _cli(small_bids, "--overwrite") == 0
+
+
+def test_cli_dseg_keeps_the_target_header_geometry(small_bids):
+    """The label map carries the target's qform and sform, codes included: written with
+    distinct codes (a swap or a reset to nibabel's defaults would show)."""
+    t1w = small_bids / "sub-01" / "ses-01" / "anat" / "sub-01_ses-01_T1w.nii.gz"
+    original = nb.load(t1w)
+    target = nb.Nifti1Image(np.asarray(original.dataobj), original.affine)
+    target.set_qform(original.affine, code=1)  # scanner
+    target.set_sform(original.affine, code=2)  # aligned
+    target.to_filename(t1w)
+    target = nb.load(t1w)
+    assert _cli(small_bids) == 0
+    dseg = nb.load(small_bids / "derivatives" / "contours" / "sub-01" / "ses-01" / "anat"
+                   / "sub-01_ses-01_desc-GTV_dseg.nii.gz")
+    for key in ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
+                "qoffset_x", "qoffset_y", "qoffset_z", "pixdim", "srow_x", "srow_y", "srow_z"):
+        np.testing.assert_array_equal(dseg.header[key], target.header[key], err_msg=key)
+    assert (int(dseg.header["qform_code"]), int(dseg.header["sform_code"])) == (1, 2)
+    np.testing.assert_array_equal(dseg.get_qform(), target.get_qform())
+    np.testing.assert_array_equal(dseg.get_sform(), target.get_sform())
+    np.testing.assert_array_equal(dseg.affine, target.affine)
+    labels = np.asarray(dseg.dataobj)
+    assert dseg.get_data_dtype() == np.uint8 and dseg.header.get_intent()[0] == "label"
+    assert dseg.header.get_slope_inter() in ((1.0, 0.0), (None, None))
+    assert float(dseg.header["cal_min"]) == 0 and float(dseg.header["cal_max"]) == labels.max()
+    assert dseg.header["descrip"].tobytes().rstrip(b"\0") == b"GTV labels from RTSTRUCT"
+
+
+def test_cli_files_get_normal_permissions(small_bids):
+    """The dseg, its TSV and JSON (and the dataset description) are 0666 minus the umask,
+    like any other new file: not the 0600 of a temporary file renamed into place."""
+    old_umask = os.umask(0o027)  # not the usual 0o022: a hard-coded 0o644 would fail too
+    process_umask.cache_clear()  # read once and cached: make it see this umask
+    try:
+        assert _cli(small_bids) == 0
+    finally:
+        os.umask(old_umask)
+        process_umask.cache_clear()
+    out = small_bids / "derivatives" / "contours"
+    anat = out / "sub-01" / "ses-01" / "anat"
+    written = [anat / f"sub-01_ses-01_desc-GTV_dseg.{ext}" for ext in ("nii.gz", "tsv", "json")]
+    for path in [*written, out / "dataset_description.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~0o027 == 0o640, path
+    assert not [p for p in anat.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
 def test_cli_exit_codes(small_bids, nonsquare, tmp_path):

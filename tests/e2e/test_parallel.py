@@ -14,7 +14,7 @@ import json
 import pandas as pd
 import pytest
 
-from bids_agquant.bids import BIDSIGNORE
+from bids_agquant.derivatives import BIDSIGNORE
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ made by debootstrap (.ci/base_image.sh; Docker Hub is not reachable from CI), wi
 workarounds of machine-notes.md §6, then runs ``--version`` and the reference dataset inside
 the image with ``--network none --read-only`` as the image's non-root user. It takes several
 minutes, so it is deselected by default; CI runs it separately:
-``python -m pytest -m container tests/test_containers.py``.
+``python -m pytest -m container tests/system/test_containers.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from conftest import require_program
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 SINGULARITY_DEF = ROOT / "Singularity.def"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

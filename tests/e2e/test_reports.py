@@ -269,13 +269,13 @@ def broken_run(reference_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("broken") / "out"
     work = reference_run["work"]
-    cached = list(work.glob("**/sub_01_wf/uptake_vfa_D8"))
+    cached = list(work.glob("**/sub_01_wf/uptake_vfa_D8_wf/uptake"))
     assert len(cached) == 1, cached
     shutil.rmtree(cached[0])  # so that the node runs (and fails) instead of being reused
     original = ComputeUptake._run_interface
 
     def failing(self, runtime):
-        if Path(runtime.cwd).name == "uptake_vfa_D8":
+        if Path(runtime.cwd).parent.name == "uptake_vfa_D8_wf":
             raise RuntimeError("deliberate failure of ses-D8 (report test)")
         return original(self, runtime)
 
@@ -431,7 +431,7 @@ def test_poor_registration_threshold_separates_the_reference_dataset(reference_r
         base = reference_run["bids"] / subject / "ses-D0" / "anat" / f"{subject}_ses-D0_T1w.nii.gz"
         fixed = np.asarray(nb.load(base).dataobj, np.float64)
         moving = np.asarray(nb.load(path).dataobj, np.float64)
-        from bids_agquant.interfaces.qmri import signal_mask
+        from bids_agquant.qmri.masks import signal_mask
 
         mask = signal_mask(fixed.astype(np.float32))
         off = registration_quality(fixed, np.roll(moving, 1, axis=0), mask)
@@ -481,8 +481,7 @@ def test_participant_report_escapes_user_strings(reference_run, tmp_path):
     rows = pd.read_csv(lesions, sep="\t", dtype=str, keep_default_na=False)
     rows.loc[0, "lesion_name"] = '<img src=x onerror="alert(1)">&'
     rows.to_csv(lesions, sep="\t", index=False)
-    path = write_participant_report(out, "sub-01", bids_dir=bids,
-                                    run_uuid=reference_run["uuid"]["01"])
+    path = write_participant_report(out, "sub-01", reference_run["uuid"]["01"], bids_dir=bids)
     html = _html(path)
     assert "<script" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
@@ -506,14 +505,14 @@ def test_broken_timepoint_still_gets_a_report_with_the_error(broken_run):
     crash_rows = body_rows(page.table(id="crashes"))
     assert crash_rows
     nodes = [r for r in page.table(id="crashes")["rows"] if r["attrs"].get("data-node")]
-    assert any(r["attrs"]["data-node"].endswith("uptake_vfa_D8") for r in nodes)
+    assert any(r["attrs"]["data-node"].endswith("uptake_vfa_D8_wf.uptake") for r in nodes)
     for crash in crashes:
         assert crash.name in html
     assert "deliberate failure of ses-D8" in page.text
     # the failed timepoint shows what is missing; the others are complete
     d8 = html[html.index('id="tp-ses-D8"'):html.index('id="errors"')]
     assert "expected outputs are missing" in d8 and "Crashed in this timepoint" in d8
-    assert "uptake_vfa_D8" in d8
+    assert "uptake_vfa_D8_wf.uptake" in d8
     assert "sub-01_ses-D8_space-D0_desc-vfa_massconc.nii.gz" in d8
     assert "sub-01_ses-D8_desc-vfa_lesions.tsv" in d8
     d1 = html[html.index('id="tp-ses-D1"'):html.index('id="tp-ses-D8"')]

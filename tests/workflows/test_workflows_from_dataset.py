@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bids_agquant.bids import collect_plan, load_layout
 from bids_agquant.config import RunConfig, resolve_agent
+from bids_agquant.plan import collect_plan, load_layout
 from bids_agquant.workflows.base import init_participant_wf
 
 
@@ -16,20 +16,26 @@ def _config(tmp_path, dro):
                      contours_dir=dro.contours_dir)
 
 
+def _workflow(plan, config):
+    plan.agent_parameters = resolve_agent("aguix")
+    return init_participant_wf(plan, config)
+
+
 def test_full_plan_wires_every_timepoint(dro2mm, tmp_path):
     plan = collect_plan(load_layout(dro2mm.bids_dir), "01", contours_dir=dro2mm.contours_dir)
-    names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
+    names = _nodes(_workflow(plan, _config(tmp_path, dro2mm)))
     # sub-01 has VFA and MP2RAGE at every session: both methods all the way to lesion tables.
     for method in ("vfa", "mp2rage"):
         for tp in ("D0", "D1", "D8"):
             assert f"{method}_t1map_{tp}_wf.fit_{method}" in names
             assert f"reg_{method}_{tp}_wf.register" in names
         for tp in ("D1", "D8"):
-            for node in (f"uptake_{method}_{tp}", f"lesion_table_{method}_{tp}",
-                         f"ds_gdconc_{method}_{tp}", f"ds_lesions_{method}_{tp}"):
-                assert node in names
+            uptake = f"uptake_{method}_{tp}_wf"
+            for node in ("uptake", "lesion_table", f"ds_gdconc_{method}_{tp}",
+                         f"ds_lesions_{method}_{tp}"):
+                assert f"{uptake}.{node}" in names
     for tp in ("D1", "D8"):
-        for node in (f"reg_{tp}_to_ref_wf.register", f"contours_to_{tp}",
+        for node in (f"reg_{tp}_to_ref_wf.register", f"contours_{tp}_wf.contours_to_session",
                      f"ds_enhancement_{tp}"):
             assert node in names
     assert {"persistence_vfa_D8", "persistence_mp2rage_D8"} <= names  # D8 against D1
@@ -43,10 +49,10 @@ def test_same_session_pre_post_plan(dro2mm, tmp_path):
     assert plan.posts[0].hours_post_injection == 2.0
     assert plan.baseline.mp2rage.uni_source == "complex"
     assert plan.baseline.mp2rage.phase_units == "arbitrary"  # Siemens integer scale
-    names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
+    names = _nodes(_workflow(plan, _config(tmp_path, dro2mm)))
     assert {"mp2rage_t1map_D0_wf.fit_mp2rage", "mp2rage_t1map_D0ceAGuIX_wf.fit_mp2rage",
-            "reg_D0ceAGuIX_to_ref_wf.register", "uptake_mp2rage_D0ceAGuIX",
-            "lesion_table_mp2rage_D0ceAGuIX"} <= names
+            "reg_D0ceAGuIX_to_ref_wf.register", "uptake_mp2rage_D0ceAGuIX_wf.uptake",
+            "uptake_mp2rage_D0ceAGuIX_wf.lesion_table"} <= names
     assert not any("vfa" in name for name in names)
 
 
@@ -54,9 +60,9 @@ def test_plan_without_contours_writes_maps_but_no_tables(dro2mm, tmp_path):
     plan = collect_plan(load_layout(dro2mm.bids_dir), "01", contours_dir=tmp_path / "none")
     assert plan.contours is None
     assert any("no GTV contours" in note for note in plan.notes)
-    names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
-    assert "ds_gdconc_vfa_D1" in names
-    assert not any(name.startswith("lesion_table") for name in names)
+    names = _nodes(_workflow(plan, _config(tmp_path, dro2mm)))
+    assert "uptake_vfa_D1_wf.ds_gdconc_vfa_D1" in names
+    assert not any(name.endswith("lesion_table") for name in names)
 
 
 def test_baseline_only_participant_still_gets_t1_maps(dro2mm, tmp_path):
@@ -64,23 +70,7 @@ def test_baseline_only_participant_still_gets_t1_maps(dro2mm, tmp_path):
                         contours_dir=dro2mm.contours_dir)
     assert plan.posts == []
     assert any("nothing to compare" in note for note in plan.notes)
-    names = _nodes(init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix")))
-    assert {"ds_t1map_vfa_D0", "ds_r1map_vfa_D0", "ds_r1map_ref_vfa_baseline",
-            "ds_t1map_mp2rage_D0", "ds_r1map_ref_mp2rage_baseline"} <= names
+    names = _nodes(_workflow(plan, _config(tmp_path, dro2mm)))
+    assert {"ds_t1map_vfa_D0", "ds_r1map_vfa_D0", "ds_r1map_ref_vfa_D0",
+            "ds_t1map_mp2rage_D0", "ds_r1map_ref_mp2rage_D0"} <= names
     assert not any(name.startswith("uptake") for name in names)
-
-
-def test_contours_drawn_on_a_post_session_go_through_its_registration(dro2mm, tmp_path):
-    import dataclasses
-
-    import networkx as nx
-
-    plan = collect_plan(load_layout(dro2mm.bids_dir), "01", contours_dir=dro2mm.contours_dir)
-    plan.contours = dataclasses.replace(plan.contours, session="D1")
-    workflow = init_participant_wf(plan, _config(tmp_path, dro2mm), resolve_agent("aguix"))
-    graph = workflow._create_flat_graph()
-    assert nx.is_directed_acyclic_graph(graph)
-    to_ref = next(n for n in graph.nodes if n.name == "contours_to_ref")
-    sources = {u.fullname.split(".")[-1] for u, v in graph.in_edges(to_ref)}
-    assert {"prepare_contours", "session_xfm_D1"} <= sources
-    assert to_ref.inputs.invert == [False]

@@ -1,0 +1,68 @@
+"""Signal masks: which voxels hold tissue, and which are normal tissue around lesions.
+
+Pure functions on arrays. The signal mask is used as the fit mask of the T1 maps, the metric
+mask of the registrations, the region of the signal-enhancement map and the normal-tissue
+region of the lesion statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["exclude_dilated_labels", "margin_iterations", "signal_mask"]
+
+
+def signal_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Head/brain mask from signal: above ``fraction`` of the robust maximum, holes filled.
+
+    Parameters
+    ----------
+    image : ndarray
+        Magnitude image (any units).
+    fraction : float
+        Threshold relative to the 99.5th percentile of the positive voxels.
+
+    Returns
+    -------
+    ndarray of bool
+        The largest connected component of the thresholded image, opened once (isolated
+        noise voxels), closed twice and with its holes filled.
+    """
+    finite = np.isfinite(image)
+    positive = image[finite & (image > 0)]
+    if positive.size == 0:
+        return np.zeros(image.shape, bool)
+    mask = finite & (image > fraction * np.percentile(positive, 99.5))
+    mask = ndimage.binary_opening(mask, iterations=1)
+    labels, n = ndimage.label(mask)
+    if n > 1:  # keep the largest connected component (drops isolated noise voxels)
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    mask = ndimage.binary_closing(mask, iterations=2)
+    return ndimage.binary_fill_holes(mask)
+
+
+def margin_iterations(margin_mm: float, voxel_size_mm: float) -> int:
+    """Dilation steps (at least 1) covering ``margin_mm`` at the finest voxel size."""
+    return max(1, round(margin_mm / voxel_size_mm))
+
+
+def exclude_dilated_labels(mask: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
+    """``mask`` without the labelled voxels dilated by ``iterations`` steps.
+
+    Lesions change between sessions (that is the signal measured), and their edge is
+    partial volume: neither may drive a registration or count as normal tissue.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        Region to cut from.
+    labels : ndarray
+        Label map on the same grid; every non-zero voxel is excluded.
+    iterations : int
+        Dilation steps of the excluded region (6-connected).
+    """
+    if labels.shape != mask.shape:
+        raise ValueError(f"labels of shape {labels.shape} do not match the mask {mask.shape}")
+    return mask & ~ndimage.binary_dilation(labels > 0, iterations=iterations)
