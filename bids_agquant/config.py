@@ -33,6 +33,18 @@ DEFAULT_AGENT = "aguix-nanorad"
 #: Contours dataset relative to the raw dataset when ``--contours`` is not given.
 DEFAULT_CONTOURS_SUBDIR = Path("derivatives") / "contours"
 
+#: Longest diameter (mm) at or above which a lesion is measurable (RECIST 1.1 / RANO-BM).
+DEFAULT_MEASURABLE_THRESHOLD_MM = 10.0
+
+#: Dose (mg/kg) that group analyses normalise signal enhancement to (NanoRad's top dose).
+DEFAULT_REFERENCE_DOSE_MG_PER_KG = 100.0
+
+#: VFA estimator (``qmri.vfa.VFA_METHODS``): linear DESPOT1, as both trials.
+DEFAULT_VFA_FIT = "linear"
+
+#: Top of the report's fixed concentration scale, mg/L (NanoBrainMets: 0.3 mg/ml).
+DEFAULT_REPORT_MASS_MAX_MG_PER_L = 300.0
+
 #: Values in participants.tsv ``agent`` meaning "no agent was given" (blinded placebo arm).
 PLACEBO_NAMES = frozenset({"placebo", "saline", "none", "n/a", ""})
 
@@ -256,11 +268,11 @@ class RunConfig:
     r1: float | None = None
     gd_per_particle: float | None = None
     molar_mass: float | None = None
-    measurable_threshold_mm: float = 10.0
-    reference_dose_mg_per_kg: float = 100.0
-    vfa_fit: str = "linear"
+    measurable_threshold_mm: float = DEFAULT_MEASURABLE_THRESHOLD_MM
+    reference_dose_mg_per_kg: float = DEFAULT_REFERENCE_DOSE_MG_PER_KG
+    vfa_fit: str = DEFAULT_VFA_FIT
     inversion_efficiency: float | None = None
-    report_mass_max_mg_per_l: float = 300.0
+    report_mass_max_mg_per_l: float = DEFAULT_REPORT_MASS_MAX_MG_PER_L
     run_uuid: str = ""
 
     def __post_init__(self) -> None:

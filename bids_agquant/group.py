@@ -44,7 +44,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import optimize, sparse
 
-from .config import PLACEBO_NAMES, resolve_agent
+from .config import DEFAULT_REFERENCE_DOSE_MG_PER_KG, PLACEBO_NAMES, resolve_agent
 from .qmri.uptake import dose_normalised, percent_injected_dose_per_g
 
 __all__ = [
@@ -197,8 +197,10 @@ def equivalent_diameter_mm(volume_ml: ArrayLike) -> np.ndarray:
     return np.cbrt(6.0 * np.asarray(volume_ml, dtype=np.float64) * 1000.0 / np.pi)
 
 
-def dose_normalisation_factor(dose_mg_per_kg: ArrayLike,
-                              reference_dose_mg_per_kg: float = 100.0) -> np.ndarray:
+def dose_normalisation_factor(
+    dose_mg_per_kg: ArrayLike,
+    reference_dose_mg_per_kg: float = DEFAULT_REFERENCE_DOSE_MG_PER_KG,
+) -> np.ndarray:
     """Factor ``reference / dose`` that :func:`~bids_agquant.qmri.uptake.dose_normalised`
     applies (15 mg/kg → 6.667 at 100 mg/kg); NaN for a zero (placebo) or missing dose."""
     return dose_normalised(1.0, dose_mg_per_kg, reference_dose_mg_per_kg)
@@ -750,7 +752,8 @@ def _agreement(results: list[dict], info: pd.DataFrame) -> dict:
 
 
 def dose_normalised_se(lesions: pd.DataFrame, participants: pd.DataFrame | None,
-                       reference_dose_mg_per_kg: float = 100.0, timepoint: str = "early",
+                       reference_dose_mg_per_kg: float = DEFAULT_REFERENCE_DOSE_MG_PER_KG,
+                       timepoint: str = "early",
                        t1_method: str | None = None, se_column: str = "se_percent_mean",
                        size_edges_mm: Sequence[float] = DEFAULT_SIZE_EDGES_MM,
                        measurable_only: bool = True) -> dict:
@@ -988,7 +991,7 @@ def participant_summary(lesions: pd.DataFrame, participants: pd.DataFrame | None
 
 
 def run_group_analyses(lesions: pd.DataFrame, participants: pd.DataFrame | None = None,
-                       reference_dose_mg_per_kg: float = 100.0,
+                       reference_dose_mg_per_kg: float = DEFAULT_REFERENCE_DOSE_MG_PER_KG,
                        persistence_timepoints: Sequence[str] = DEFAULT_PERSISTENCE_TIMEPOINTS,
                        size_edges_mm: Sequence[float] = DEFAULT_SIZE_EDGES_MM) -> dict:
     """Every group analysis with its default parameters, keyed by analysis name.

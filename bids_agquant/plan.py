@@ -26,7 +26,7 @@ import pandas as pd
 
 from .config import DEFAULT_BASELINE_SESSION, PLACEBO_NAMES, AgentParameters
 from .errors import EX_DATAERR, InputError
-from .qmri.mp2rage import choose_uni_source
+from .qmri.mp2rage import DEFAULT_INVERSION_EFFICIENCY, choose_uni_source
 from .sidecars import number, number_shots, numbers, required, seconds
 
 LOGGER = logging.getLogger("bids_agquant")
@@ -73,6 +73,24 @@ class MP2RAGESet:
             has_magnitudes=self.inv1 is not None and self.inv2 is not None,
             has_phases=self.inv1_phase is not None and self.inv2_phase is not None,
             has_unit1=self.unit1 is not None)
+
+    def protocol_fields(self, inversion_efficiency: float | None = None) -> dict:
+        """``MP2RAGEProtocol`` fields of this acquisition.
+
+        The inversion efficiency comes from the command line (``inversion_efficiency``), else
+        the sidecar, else :data:`~bids_agquant.qmri.mp2rage.DEFAULT_INVERSION_EFFICIENCY`.
+        """
+        efficiency = (inversion_efficiency or self.inversion_efficiency
+                      or DEFAULT_INVERSION_EFFICIENCY)
+        return {
+            "repetition_time_preparation_s": self.repetition_time_preparation_s,
+            "repetition_time_excitation_s": self.repetition_time_excitation_s,
+            "inversion_times_s": tuple(self.inversion_times_s),
+            "flip_angles_deg": tuple(self.flip_angles_deg),
+            "shots_before": self.number_shots[0],
+            "shots_after": self.number_shots[1],
+            "inversion_efficiency": float(efficiency),
+        }
 
     @property
     def files(self) -> list[Path]:

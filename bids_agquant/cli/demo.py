@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .parser import EX_USAGE
+from ..dro import constants as dro
+from ..errors import EX_USAGE
 
 
 def _print_comparison(group_tsv: Path, truth_tsv: Path) -> None:
@@ -36,10 +37,12 @@ def main(argv=None) -> int:
                     "bids-agquant on it (participant, then group).",
     )
     parser.add_argument("directory", type=Path, help="where to put data, results and work dir")
-    parser.add_argument("--participants", type=int, default=3)
-    parser.add_argument("--resolution", type=int, choices=[1, 2], default=2, help="mm")
-    parser.add_argument("--snr", type=float, default=100.0)
-    parser.add_argument("--seed", type=int, default=20201)
+    parser.add_argument("--participants", type=int, default=dro.DEFAULT_PARTICIPANTS)
+    parser.add_argument("--resolution", type=int, choices=[1, 2],
+                        default=dro.DEFAULT_RESOLUTION_MM, help="mm")
+    parser.add_argument("--snr", type=float, default=dro.DEFAULT_SNR)
+    parser.add_argument("--seed", type=int, default=dro.DEFAULT_SEED,
+                        help="seed of the reference dataset (not of the registration)")
     parser.add_argument("--nprocs", type=int, default=None)
     opts = parser.parse_args(argv)
     if opts.participants < 1:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..config import DEFAULT_REFERENCE_DOSE_MG_PER_KG
 from ..group import (
     DEFAULT_PERSISTENCE_TIMEPOINTS,
     DEFAULT_SIZE_EDGES_MM,
@@ -64,7 +65,7 @@ def read_lesion_tables(output_dir: Path, participant_label=None) -> pd.DataFrame
 
 
 def write_group_outputs(output_dir: Path, bids_dir: Path, participant_label=None,
-                        reference_dose_mg_per_kg: float = 100.0,
+                        reference_dose_mg_per_kg: float = DEFAULT_REFERENCE_DOSE_MG_PER_KG,
                         persistence_timepoints: Sequence[str] = DEFAULT_PERSISTENCE_TIMEPOINTS,
                         size_edges_mm: Sequence[float] = DEFAULT_SIZE_EDGES_MM) -> list[Path]:
     """Write the group tables, ``group_stats.json`` and figures; idempotent.

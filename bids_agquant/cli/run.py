@@ -6,7 +6,6 @@ failed; 64 usage; 65 bad data; 66 required input missing; 73 cannot create outpu
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import sys
@@ -15,14 +14,14 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import __version__
-from ..config import RunConfig, resolve_participant_agent
+from ..config import RunConfig
 from ..derivatives import (
     PLAN_FILE,
     RUN_CONFIG_FILE,
     run_log_dir,
     write_derivative_description,
 )
-from ..errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE, InputError
+from ..errors import EX_CANTCREAT, EX_NOINPUT, EX_USAGE, InputError
 from ..io import atomic_write_text, is_inside
 from ..validation import validate_bids
 from .parser import parse_args
@@ -107,65 +106,6 @@ def check_paths(config: RunConfig) -> None:
                              EX_CANTCREAT)
 
 
-def _select_participants(layout, config: RunConfig) -> list[str]:
-    subjects = sorted(layout.get_subjects())
-    if not subjects:
-        raise InputError(f"{config.bids_dir}: no sub-* folders found", EX_NOINPUT)
-    if not config.participant_label:
-        return subjects
-    missing = sorted(set(config.participant_label) - set(subjects))
-    if missing:
-        raise InputError(f"{config.bids_dir}: participant(s) not found: "
-                         f"{', '.join('sub-' + m for m in missing)} (the dataset has "
-                         f"{', '.join('sub-' + s for s in subjects)})", EX_NOINPUT)
-    return list(dict.fromkeys(config.participant_label))
-
-
-def _check_sessions(layout, subjects: list[str], config: RunConfig) -> None:
-    """Every ``--session-label`` exists for at least one selected participant (else 66)."""
-    if not config.session_label:
-        return
-    existing = set(layout.get_sessions(subject=subjects))
-    missing = sorted(set(config.session_label) - existing)
-    if missing:
-        have = ", ".join(f"ses-{s}" for s in sorted(existing)) or "no sessions"
-        raise InputError(f"{config.bids_dir}: session(s) not found for "
-                         f"{', '.join('sub-' + s for s in subjects)}: "
-                         f"{', '.join('ses-' + m for m in missing)} (they have {have})",
-                         EX_NOINPUT)
-
-
-def _plan_participants(layout, subjects, config):
-    """Plans and agents of the participants whose inputs pass the pre-flight checks.
-
-    A participant with unusable input is reported and left out; the others go ahead (one bad
-    participant must not stop a 100-patient array). Returns (plans, failures).
-    """
-    from ..plan import collect_plan
-    from ..preflight import check_plan
-
-    plans, failures = [], {}
-    for subject in subjects:
-        try:
-            plan = collect_plan(layout, subject, baseline_session=config.baseline_session,
-                                session_labels=config.session_label or None,
-                                contours_dir=config.contours_dir)
-            check_plan(plan)
-            try:
-                plan.agent_parameters = resolve_participant_agent(
-                    plan.agent, plan.is_placebo, config,
-                    plan.field_strength_T(config.field_strength_T))
-            except ValueError as exc:
-                raise InputError(f"sub-{subject}: {exc}", EX_DATAERR) from None
-        except InputError as exc:
-            failures[subject] = exc  # reported by _summarise, with the others
-            continue
-        for note in plan.notes:
-            LOGGER.info("sub-%s: %s", subject, note)
-        plans.append(plan)
-    return plans, failures
-
-
 def _prepare_outputs(config: RunConfig, plans) -> None:
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -187,44 +127,6 @@ def _prepare_outputs(config: RunConfig, plans) -> None:
         raise InputError(f"cannot create output: {exc}", EX_CANTCREAT) from None
 
 
-def _plugin_settings(config: RunConfig) -> dict:
-    """Nipype plugin arguments: local resources for MultiProc, the user's for the others."""
-    if config.plugin == "MultiProc":
-        args = {"n_procs": config.nprocs, "raise_insufficient": False, "maxtasksperchild": 1}
-        if config.mem_gb:
-            args["memory_gb"] = config.mem_gb
-        return {**args, **config.plugin_args}
-    if config.plugin in ("SLURM", "SLURMGraph"):
-        # Nipype's SLURM plugins read $LOGNAME, which batch shells and containers may not set.
-        os.environ.setdefault("LOGNAME", getpass.getuser())
-    return dict(config.plugin_args)
-
-
-def _request_node_resources(workflow, plugin_args: dict) -> None:
-    """Under SLURM/SLURMGraph, ask for each node's own memory and cores (``mem_gb``,
-    ``n_procs``) unless the user's ``sbatch_args`` already fix them for every job.
-
-    Nipype appends a node's ``sbatch_args`` to the global ones without a separator, hence the
-    leading space; sbatch takes the last value of a repeated option.
-    """
-    import math
-    import re
-
-    user = str(plugin_args.get("sbatch_args", ""))
-    fixed_mem = "--mem" in user
-    fixed_cpus = re.search(r"(^|\s)(-c|--cpus-per-task)(\s|=|\d)", user) is not None
-    for node in workflow._get_all_nodes():
-        extra = ""
-        if not fixed_mem:
-            extra += f" --mem={math.ceil(node.mem_gb * 1024)}M"
-        if not fixed_cpus:
-            extra += f" --cpus-per-task={node.n_procs}"
-        if extra:
-            node.plugin_args = {**(node.plugin_args or {}),
-                                "sbatch_args": (node.plugin_args or {}).get("sbatch_args", "")
-                                + extra}
-
-
 def _crashed(config: RunConfig, plan) -> list[Path]:
     log_dir = run_log_dir(config.output_dir, plan.subject, config.run_uuid)
     return sorted(log_dir.glob("crash-*")) if log_dir.is_dir() else []
@@ -244,34 +146,15 @@ def _write_report(config: RunConfig, plan) -> bool:
 
 
 def run_participant(config: RunConfig) -> int:
-    from nipype import config as nipype_config
+    """Plan, check, build and run the participant level; write the reports; return the exit
+    code (DESIGN.md §7)."""
+    from .workflow import build_workflow, plan_run
 
-    from ..plan import load_layout
-    from ..workflows.base import init_bids_agquant_wf
-
-    layout = load_layout(config.bids_dir)
-    subjects = _select_participants(layout, config)
-    _check_sessions(layout, subjects, config)
-    plans, failures = _plan_participants(layout, subjects, config)
+    plans, failures = plan_run(config)
     if not plans:  # nothing to run, nothing written
         return _summarise(config, [], failures, all_ok=True)
     _prepare_outputs(config, plans)
-
-    nipype_config.update_config({
-        "execution": {
-            "hash_method": "content",
-            "crashfile_format": "txt",
-            "remove_unnecessary_outputs": False,
-            "poll_sleep_duration": 0.1,
-            "stop_on_first_crash": False,
-            "check_version": False,
-        },
-        "monitoring": {"enabled": False},
-    })
-    workflow = init_bids_agquant_wf(config, plans)
-    plugin_args = _plugin_settings(config)
-    if config.plugin in ("SLURM", "SLURMGraph"):
-        _request_node_resources(workflow, plugin_args)
+    workflow, plugin_args = build_workflow(config, plans)
     reports_ok, run_ok = True, True
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)

@@ -8,6 +8,9 @@ needs only a few: one leaf module keeps the imports acyclic.
 
 from __future__ import annotations
 
+#: Defaults of :func:`bids_agquant.dro.make_dataset` (and of ``bids-agquant-demo``).
+DEFAULT_PARTICIPANTS, DEFAULT_RESOLUTION_MM, DEFAULT_SNR, DEFAULT_SEED = 3, 2, 100.0, 20201
+
 #: Session labels, in acquisition order.
 SESSIONS: tuple[str, ...] = ("D0", "D1", "D8")
 #: Baseline (pre-agent) session; its T1w pose is the identity.

@@ -13,6 +13,10 @@ import numpy as np
 from .anatomy import _Anatomy, _anatomy, _grid, _sample_fractions
 from .constants import (
     BASELINE_SESSION,
+    DEFAULT_PARTICIPANTS,
+    DEFAULT_RESOLUTION_MM,
+    DEFAULT_SEED,
+    DEFAULT_SNR,
     FIELD_STRENGTH_T,
     MP2RAGE_PROTOCOL,
     R1_AGUIX_PER_MM_PER_S,
@@ -278,8 +282,9 @@ def _write_timepoint(ctx: _Context, part: _Participant, rng: np.random.Generator
     return sigmas
 
 
-def make_dataset(path, *, participants: int = 3, resolution_mm: int = 2, snr: float = 100.0,
-                 seed: int = 20201, truth_dir=None) -> DRO:
+def make_dataset(path, *, participants: int = DEFAULT_PARTICIPANTS,
+                 resolution_mm: int = DEFAULT_RESOLUTION_MM, snr: float = DEFAULT_SNR,
+                 seed: int = DEFAULT_SEED, truth_dir=None) -> DRO:
     """Generate the digital reference object: raw BIDS + contours + truth.
 
     Parameters

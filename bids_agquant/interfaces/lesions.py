@@ -16,6 +16,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..config import DEFAULT_MEASURABLE_THRESHOLD_MM
 from ..io import save_nifti
 from ..lesions import CONTROL_SE_TOLERANCE_PERCENT
 
@@ -71,7 +72,7 @@ class _LesionTableInputSpec(BaseInterfaceInputSpec):
     names_tsv = File(exists=True, desc="dseg.tsv with index/name columns")
     timepoint = traits.Str(mandatory=True)
     t1_method = traits.Str(desc="T1 method the concentrations come from (vfa, mp2rage)")
-    measurable_threshold_mm = traits.Float(10.0, usedefault=True)
+    measurable_threshold_mm = traits.Float(DEFAULT_MEASURABLE_THRESHOLD_MM, usedefault=True)
     hours_post_injection = traits.Either(None, traits.Float, usedefault=True)
     dose_mg_per_kg = traits.Either(None, traits.Float, usedefault=True)
     weight_kg = traits.Either(None, traits.Float, usedefault=True)

@@ -22,7 +22,7 @@ from nipype.interfaces.base import (
 )
 
 from ..io import save_nifti
-from ..qmri.masks import exclude_dilated_labels, margin_iterations, signal_mask
+from ..qmri.masks import exclude_dilated_labels, fit_mask, margin_iterations, signal_mask
 
 LOGGER = logging.getLogger("bids_agquant")
 
@@ -99,12 +99,11 @@ class FitVFA(SimpleInterface):
         ref = images[0]
         _same_grid(self.inputs.in_files, images)
         signals = np.stack([_volume(img) for img in images], axis=-1)
-        mask = signal_mask(signals.mean(axis=-1))
         b1 = None
         decision = "no B1+ map: nominal flip angles used"
         if self.inputs.b1_map:
             b1, decision = _b1_on_grid(self.inputs.b1_map, self.inputs.b1_units, ref)
-            mask &= b1 > 0
+        mask = fit_mask(signals.mean(axis=-1), b1)
         fit = fit_vfa(signals, self.inputs.flip_angles_deg, self.inputs.repetition_time_s,
                       b1=b1, mask=mask, method=self.inputs.method)
         cwd = runtime.cwd

@@ -1,4 +1,4 @@
-"""Nipype adapters for the report's numbers (science in ``bids_agquant.reports.quality``)."""
+"""Nipype adapters for the report's numbers (science in ``bids_agquant.qc``)."""
 
 from __future__ import annotations
 
@@ -33,13 +33,13 @@ class _RegistrationQualityOutputSpec(TraitedSpec):
 
 class RegistrationQuality(SimpleInterface):
     """Correlation and normalised mutual information of the registered session T1w with the
-    baseline T1w, inside the head with the lesions cut out (``reports.quality``)."""
+    baseline T1w, inside the head with the lesions cut out (``bids_agquant.qc``)."""
 
     input_spec = _RegistrationQualityInputSpec
     output_spec = _RegistrationQualityOutputSpec
 
     def _run_interface(self, runtime):
-        from ..reports.quality import NMI_BINS, registration_quality
+        from ..qc import NMI_BINS, registration_quality
 
         fixed_img = nb.load(self.inputs.fixed_image)
         fixed = np.asarray(fixed_img.dataobj, np.float64)

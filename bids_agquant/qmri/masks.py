@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["exclude_dilated_labels", "margin_iterations", "signal_mask"]
+__all__ = ["exclude_dilated_labels", "fit_mask", "margin_iterations", "signal_mask"]
 
 
 def signal_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
@@ -41,6 +41,16 @@ def signal_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
         mask = labels == (1 + int(np.argmax(sizes)))
     mask = ndimage.binary_closing(mask, iterations=2)
     return ndimage.binary_fill_holes(mask)
+
+
+def fit_mask(signal: np.ndarray, b1: np.ndarray | None = None) -> np.ndarray:
+    """Voxels a VFA T1 fit is attempted in: the signal mask of ``signal`` (e.g. the mean
+    over flip angles) and, with a B1+ map on the same grid, a positive B1 (a zero or negative
+    B1 has no flip angle to correct with)."""
+    mask = signal_mask(signal)
+    if b1 is not None:
+        mask &= b1 > 0
+    return mask
 
 
 def margin_iterations(margin_mm: float, voxel_size_mm: float) -> int:

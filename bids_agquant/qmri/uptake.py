@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..config import DEFAULT_REFERENCE_DOSE_MG_PER_KG
+
 __all__ = [
     "delta_r1",
     "dose_normalised",
@@ -235,7 +237,7 @@ def signal_enhancement_percent(
 def dose_normalised(
     value: ArrayLike,
     dose_mg_per_kg: ArrayLike | None,
-    reference_dose_mg_per_kg: float = 100.0,
+    reference_dose_mg_per_kg: float = DEFAULT_REFERENCE_DOSE_MG_PER_KG,
 ) -> np.ndarray:
     """Normalise an uptake value to a reference dose: ``value · reference / dose``.
 

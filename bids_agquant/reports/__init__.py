@@ -1,9 +1,10 @@
 """Self-contained HTML QC reports (DESIGN.md §7): ``sub-<id>.html`` and ``group.html``.
 
-``participant`` and ``group`` assemble what the runs wrote; ``figures`` draws (matplotlib,
-embedded PNG/SVG); ``quality`` holds the pure numbers behind the warnings; ``core`` renders
-the jinja2 templates of ``bids_agquant/data/templates`` with autoescape on. The modules are
-imported on first use (matplotlib and jinja2 are not needed to build a workflow).
+``participant`` and ``group`` assemble what the runs wrote; ``figures`` and
+``group_figures`` draw (matplotlib, embedded PNG/SVG); ``core`` renders the jinja2 templates
+of ``bids_agquant/data/templates`` with autoescape on. The pure numbers behind the warnings
+are in :mod:`bids_agquant.qc`. The modules are imported on first use (matplotlib and jinja2
+are not needed to build a workflow).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from ..config import RunConfig
 from ..derivatives import PLAN_FILE, RUN_CONFIG_FILE, expected_outputs, run_log_dir
 from ..io import atomic_write_text
 from ..plan import ParticipantPlan, Timepoint
+from ..qc import HIGH_NEGATIVE_FRACTION, POOR_REGISTRATION_CORRELATION, rigid_motion
 from . import figures
 from .core import (
     fmt,
@@ -41,7 +42,6 @@ from .core import (
     render,
     slug,
 )
-from .quality import HIGH_NEGATIVE_FRACTION, POOR_REGISTRATION_CORRELATION, rigid_motion
 
 LOGGER = logging.getLogger("bids_agquant")
 

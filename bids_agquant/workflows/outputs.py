@@ -68,7 +68,7 @@ VFA_ALGORITHMS = {
 }
 
 
-def vfa_metadata(timepoint: Timepoint, bids_dir, fit: str = "linear") -> dict:
+def vfa_metadata(timepoint: Timepoint, bids_dir, fit: str) -> dict:
     """Sidecar fields of a VFA-derived T1/R1 map."""
     vfa = timepoint.vfa
     sources = source_uris(bids_dir, [*vfa.files, timepoint.b1map])
@@ -85,10 +85,8 @@ def vfa_metadata(timepoint: Timepoint, bids_dir, fit: str = "linear") -> dict:
 
 def mp2rage_metadata(timepoint: Timepoint, bids_dir, inversion_efficiency=None) -> dict:
     """Sidecar fields of an MP2RAGE-derived T1/R1 map (every parameter of the look-up)."""
-    from .t1map import mp2rage_protocol
-
     mp2rage = timepoint.mp2rage
-    protocol = mp2rage_protocol(mp2rage, inversion_efficiency)
+    protocol = mp2rage.protocol_fields(inversion_efficiency)
     uni = {"complex": "Re(conj(INV1) INV2) / (|INV1|^2 + |INV2|^2) from magnitude and phase",
            "unit1": "scanner UNIT1 image, UNI = x / 4095 - 0.5",
            "magnitude": "magnitude-only INV1/INV2, INV1 sign recovered from a smooth-M0 prior"}

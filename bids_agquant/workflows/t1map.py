@@ -6,26 +6,9 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.qmri import FitMP2RAGE, FitVFA
-from ..plan import MP2RAGESet, Timepoint
-from ..qmri.mp2rage import DEFAULT_INVERSION_EFFICIENCY
+from ..plan import Timepoint
 
 _OUTPUTS = ["t1map", "r1map", "valid_mask", "reference_image", "b1_decision"]
-
-
-def mp2rage_protocol(mp2rage: MP2RAGESet, inversion_efficiency: float | None = None) -> dict:
-    """``MP2RAGEProtocol`` fields of an MP2RAGE set: efficiency from the command line, else the
-    sidecar, else :data:`DEFAULT_INVERSION_EFFICIENCY`."""
-    efficiency = (inversion_efficiency or mp2rage.inversion_efficiency
-                  or DEFAULT_INVERSION_EFFICIENCY)
-    return {
-        "repetition_time_preparation_s": mp2rage.repetition_time_preparation_s,
-        "repetition_time_excitation_s": mp2rage.repetition_time_excitation_s,
-        "inversion_times_s": tuple(mp2rage.inversion_times_s),
-        "flip_angles_deg": tuple(mp2rage.flip_angles_deg),
-        "shots_before": mp2rage.number_shots[0],
-        "shots_after": mp2rage.number_shots[1],
-        "inversion_efficiency": float(efficiency),
-    }
 
 
 def _b1_inputs(node, timepoint: Timepoint) -> None:
@@ -35,7 +18,7 @@ def _b1_inputs(node, timepoint: Timepoint) -> None:
             node.inputs.b1_units = str(timepoint.b1_units)
 
 
-def init_vfa_t1map_wf(timepoint: Timepoint, *, method: str = "linear", mem_gb: float = 2.0,
+def init_vfa_t1map_wf(timepoint: Timepoint, *, method: str, mem_gb: float = 2.0,
                       name: str = "vfa_t1map_wf"):
     """Fit T1 and R1 from the timepoint's variable-flip-angle images.
 
@@ -89,7 +72,7 @@ def init_mp2rage_t1map_wf(timepoint: Timepoint, *, inversion_efficiency: float |
                          name="outputnode")
     mp2rage = timepoint.mp2rage
     fit = pe.Node(FitMP2RAGE(uni_source=mp2rage.uni_source,
-                             protocol=mp2rage_protocol(mp2rage, inversion_efficiency)),
+                             protocol=mp2rage.protocol_fields(inversion_efficiency)),
                   name="fit_mp2rage", mem_gb=mem_gb)
     for field in ("inv1", "inv2", "inv1_phase", "inv2_phase", "unit1"):
         path = getattr(mp2rage, field)
@@ -106,7 +89,7 @@ def init_mp2rage_t1map_wf(timepoint: Timepoint, *, inversion_efficiency: float |
     return workflow
 
 
-def init_t1map_wf(timepoint: Timepoint, method: str, *, vfa_fit: str = "linear",
+def init_t1map_wf(timepoint: Timepoint, method: str, *, vfa_fit: str,
                   inversion_efficiency: float | None = None, name: str):
     """The T1-mapping workflow of ``method`` (``"vfa"`` or ``"mp2rage"``) for a timepoint."""
     if method == "vfa":

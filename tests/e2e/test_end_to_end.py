@@ -56,6 +56,30 @@ def _estimated(demo, pid: str, label: str, method: str = "vfa") -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", na_values=["n/a"])
 
 
+def test_every_output_of_the_contract_exists_and_nothing_else(demo):
+    """The run wrote exactly what its recorded plan and configuration say it writes
+    (``derivatives.expected_outputs``), each data file with its sidecar."""
+    from bids_agquant.config import RunConfig
+    from bids_agquant.derivatives import PLAN_FILE, RUN_CONFIG_FILE, expected_outputs
+    from bids_agquant.plan import ParticipantPlan
+
+    out = demo["out"]
+    for subject in demo["subjects"]:
+        (log_dir,) = (out / f"sub-{subject}" / "log").iterdir()
+        plan = ParticipantPlan.from_json((log_dir / PLAN_FILE).read_text())
+        config = RunConfig.from_toml((log_dir / RUN_CONFIG_FILE).read_text())
+        assert plan.subject == subject and config.bids_dir == demo["bids"]
+        expected = {o.relpath for o in expected_outputs(plan, config)}
+        written = {p.relative_to(out).as_posix() for p in (out / f"sub-{subject}").rglob("*")
+                   if p.is_file() and "log" not in p.relative_to(out).parts
+                   and p.suffix != ".json"}
+        assert written == expected, (sorted(written - expected), sorted(expected - written))
+        for rel in expected:
+            sidecar = (out / rel).with_name(
+                (out / rel).name.split(".")[0] + ".json")
+            assert sidecar.is_file(), rel
+
+
 def test_every_output_named_per_design(demo):
     out = demo["out"]
     for name in ("dataset_description.json", ".bidsignore", "descriptions.tsv",

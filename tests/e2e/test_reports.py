@@ -29,12 +29,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_agquant.reports.core import clean_svg, fmt
-from bids_agquant.reports.quality import (
+from bids_agquant.qc import (
     POOR_REGISTRATION_CORRELATION,
     registration_quality,
     rigid_motion,
 )
+from bids_agquant.reports.core import clean_svg, fmt
 
 # --------------------------------------------------------------------------- HTML parsing
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
@@ -488,6 +488,31 @@ def test_participant_report_escapes_user_strings(reference_run, tmp_path):
     assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;" in html
     check_figures(html)
     check_self_contained(html)
+
+
+@pytest.mark.slow
+def test_report_shows_what_the_run_did_not_what_the_dataset_holds_now(reference_run,
+                                                                       tmp_path):
+    """The report reads the run's plan: a session added to the raw dataset after the run, or
+    an image removed from it, does not change which timepoints and inputs it lists."""
+    from bids_agquant.reports import write_participant_report
+
+    out = tmp_path / "out"
+    shutil.copytree(reference_run["out"], out)
+    bids = tmp_path / "bids"
+    shutil.copytree(reference_run["bids"], bids)
+    shutil.copytree(bids / "sub-03" / "ses-D8", bids / "sub-03" / "ses-D15")
+    for path in (bids / "sub-03" / "ses-D15").rglob("*ses-D8*"):
+        path.rename(path.with_name(path.name.replace("ses-D8", "ses-D15")))
+    flip = next((bids / "sub-03" / "ses-D1" / "anat").glob("*_flip-1_VFA.nii.gz"))
+    flip.unlink()
+    path = write_participant_report(out, "sub-03", reference_run["uuid"]["03"], bids_dir=bids)
+    html = _html(path)
+    assert "ses-D15" not in html
+    assert flip.name in html  # the run used it: it is listed among the inputs
+    page = Page(html)
+    assert [r["attrs"].get("data-key") for r in page.table(id="inputs")["rows"]
+            if r["attrs"].get("data-key")] == ["ses-D0", "ses-D1", "ses-D8"]
 
 
 @pytest.mark.slow

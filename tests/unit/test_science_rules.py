@@ -16,7 +16,12 @@ from bids_agquant.lesions import (
     normal_tissue_enhancement,
     quantification_labels,
 )
-from bids_agquant.qmri.masks import exclude_dilated_labels, margin_iterations, signal_mask
+from bids_agquant.qmri.masks import (
+    exclude_dilated_labels,
+    fit_mask,
+    margin_iterations,
+    signal_mask,
+)
 from bids_agquant.qmri.mp2rage import choose_uni_source
 from bids_agquant.qmri.uptake import masked_signal_enhancement, uptake_maps
 
@@ -36,6 +41,15 @@ def test_signal_mask_keeps_the_head_and_drops_noise_specks():
     assert mask.sum() > 0.97 * head.sum()
     assert not mask[0, 0, 0]
     assert not signal_mask(np.zeros((4, 4, 4))).any()
+
+
+def test_fit_mask_needs_signal_and_a_positive_b1():
+    signal = np.where(_ball(), 100.0, 0.0)
+    b1 = np.full(signal.shape, 0.9)
+    b1[12] = 0.0  # a slab the B1+ map does not cover
+    np.testing.assert_array_equal(fit_mask(signal), signal_mask(signal))
+    mask = fit_mask(signal, b1)
+    assert not mask[12].any() and mask[11].sum() == signal_mask(signal)[11].sum()
 
 
 def test_lesions_and_their_margin_are_cut_out():

@@ -1,4 +1,5 @@
-"""Numbers a reviewer needs to trust a result: registration quality and report warnings.
+"""Quality-control numbers a reviewer needs to trust a result: registration quality and the
+thresholds of the report's warnings.
 
 Pure numpy: arrays in, numbers out. The Nipype adapter is
 :class:`bids_agquant.interfaces.reports.RegistrationQuality`; the HTML report reads the values
