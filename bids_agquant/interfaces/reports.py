@@ -11,7 +11,8 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
-from scipy import ndimage
+
+from ..qmri.masks import exclude_dilated_labels, margin_iterations
 
 
 class _RegistrationQualityInputSpec(BaseInterfaceInputSpec):
@@ -56,9 +57,8 @@ class RegistrationQuality(SimpleInterface):
                 raise ValueError(f"{self.inputs.exclude_labels}: grid differs from "
                                  f"{self.inputs.fixed_image}")
             voxel_mm = float(np.min(fixed_img.header.get_zooms()[:3]))
-            margin = max(1, round(self.inputs.exclude_margin_mm / voxel_mm))
-            if labels.any():
-                mask &= ~ndimage.binary_dilation(labels, iterations=margin)
+            margin = margin_iterations(self.inputs.exclude_margin_mm, voxel_mm)
+            mask = exclude_dilated_labels(mask, labels, margin)
         after = registration_quality(fixed, registered, mask)
         quality = {
             "Metric": "Pearson correlation and normalised mutual information "

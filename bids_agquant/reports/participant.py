@@ -192,7 +192,10 @@ class ParticipantReport:
             return None
         return path.with_name(re.sub(r"(\.nii\.gz|\.nii|\.tsv|\.mat)$", ".json", path.name))
 
-    def rel(self, path: Path) -> str:
+    def rel(self, path: Path | None) -> str:
+        """``path`` relative to the output (or raw) dataset, for display."""
+        if path is None:
+            return "n/a"
         try:
             return Path(path).relative_to(self.output_dir).as_posix()
         except ValueError:
@@ -693,7 +696,9 @@ class ParticipantReport:
                 "file": path.name, "node": "?", "error": "binary crash file (pklz): open with "
                 "nipypecli crash", "text": ""}
             entry["path"] = self.rel(path)
-            node = entry["node"].split(".", 1)[-1]  # without the run's root workflow
+            # The step as named inside the participant's workflow (sub-workflow.node).
+            node = entry["node"].split(f"sub_{self.subject}_wf.", 1)[-1]
+            entry["step"] = node
             tp = self.plan.timepoint_for_node(entry["node"]) if self.plan else None
             entry["timepoint"] = tp.label if tp else None
             out.append(entry)
