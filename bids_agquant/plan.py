@@ -183,6 +183,8 @@ class ParticipantPlan:
     weight_kg: float | None = None
     primary_tumor: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: The participant's agent constants, resolved by the run (preset, overrides, field).
+    agent_parameters: AgentParameters | None = None
 
     @property
     def is_placebo(self) -> bool:
@@ -192,9 +194,6 @@ class ParticipantPlan:
     def reference_label(self) -> str:
         """``space-`` label of the reference (baseline) space."""
         return self.baseline.session or "T1w"
-
-    #: The participant's agent constants, resolved by the run (preset, overrides, field).
-    agent_parameters: AgentParameters | None = None
 
     @property
     def timepoints(self) -> list[Timepoint]:
