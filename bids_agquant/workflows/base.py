@@ -130,6 +130,9 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig):
     contours_wf = None
     if plan.contours is not None:
         contours_wf = init_contours_wf(plan, config, sinks)
+        workflow.add_nodes([contours_wf])  # its baseline sink runs even with nothing to compare
+    if not plan.posts:
+        return workflow  # baseline T1/R1 maps (and its contours) only: nothing to compare
     ref_mask = pe.Node(SignalMask(in_file=ref_t1w), name="ref_registration_mask")
     if contours_wf is not None and contour_timepoint(plan) is None:
         # Lesions drawn on the baseline are cut out of the registration metric; contours drawn

@@ -139,6 +139,18 @@ def test_plain_t1_mapping_plan_writes_only_native_maps(tmp_path):
     assert not any(".reg_" in name for name in sinks)
 
 
+def test_baseline_only_plan_with_a_t1w_builds_no_registration_to_the_reference(tmp_path):
+    plan = _plan(tmp_path / "bids")
+    plan.posts = []
+    workflow = init_participant_wf(plan, _config(tmp_path / "bids"))
+    names = set(workflow.list_node_names())
+    assert not any(name.startswith(("ref_registration_mask", "enhancement")) for name in names)
+    sinks = sorted(sorted(e.items()) for e in _sinks(workflow).values())
+    contract = sorted(sorted(o.entity_dict.items()) for o in expected_outputs(plan, _config(
+        tmp_path / "bids")))
+    assert sinks == contract
+
+
 def test_a_sink_outside_the_contract_is_refused(tmp_path):
     from bids_agquant.workflows.outputs import Sinks
 
