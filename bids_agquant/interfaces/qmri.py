@@ -27,10 +27,6 @@ from ..qmri.masks import exclude_dilated_labels, fit_mask, margin_iterations, si
 LOGGER = logging.getLogger("bids_agquant")
 
 
-def _save(data, like: nb.Nifti1Image, path: str, dtype=np.float32) -> str:
-    return save_nifti(path, data, like=like, dtype=dtype)
-
-
 class _FitVFAInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="one image per flip")
     flip_angles_deg = traits.List(traits.Float, mandatory=True, desc="nominal flip angles, deg")
@@ -67,9 +63,10 @@ def _b1_on_grid(b1_map: str, units: str | None, reference: nb.Nifti1Image):
 
 def _save_t1_fit(results: dict, fit, like: nb.Nifti1Image, cwd: str) -> None:
     """T1 (s), R1 (1/s) and validity maps of a fit into ``cwd``, recorded in ``results``."""
-    results["t1map"] = _save(fit.t1_s, like, os.path.join(cwd, "T1map.nii.gz"))
-    results["r1map"] = _save(fit.r1_per_s, like, os.path.join(cwd, "R1map.nii.gz"))
-    results["valid_mask"] = _save(fit.valid, like, os.path.join(cwd, "valid.nii.gz"), np.uint8)
+    results["t1map"] = save_nifti(os.path.join(cwd, "T1map.nii.gz"), fit.t1_s, like=like)
+    results["r1map"] = save_nifti(os.path.join(cwd, "R1map.nii.gz"), fit.r1_per_s, like=like)
+    results["valid_mask"] = save_nifti(os.path.join(cwd, "valid.nii.gz"), fit.valid, like=like,
+                                       dtype=np.uint8)
 
 
 def _same_grid(files, images):
@@ -108,8 +105,8 @@ class FitVFA(SimpleInterface):
                       b1=b1, mask=mask, method=self.inputs.method)
         cwd = runtime.cwd
         _save_t1_fit(self._results, fit, ref, cwd)
-        self._results["reference_image"] = _save(signals[..., -1], ref,
-                                                 os.path.join(cwd, "vfa_reference.nii.gz"))
+        self._results["reference_image"] = save_nifti(
+            os.path.join(cwd, "vfa_reference.nii.gz"), signals[..., -1], like=ref)
         self._results["b1_decision"] = decision
         return runtime
 
@@ -185,7 +182,7 @@ class FitMP2RAGE(SimpleInterface):
         fit = mp.fit_t1_mp2rage(uni, protocol, b1=b1, mask=mask)
         cwd = runtime.cwd
         _save_t1_fit(self._results, fit, ref, cwd)
-        self._results["uni"] = _save(uni, ref, os.path.join(cwd, "UNI.nii.gz"))
+        self._results["uni"] = save_nifti(os.path.join(cwd, "UNI.nii.gz"), uni, like=ref)
         self._results["b1_decision"] = b1_decision
         self._results["uni_decision"] = uni_decision
         return runtime
@@ -222,8 +219,8 @@ class SignalMask(SimpleInterface):
             voxel_mm = float(np.min(img.header.get_zooms()[:3]))
             mask = exclude_dilated_labels(
                 mask, labels, margin_iterations(self.inputs.exclude_margin_mm, voxel_mm))
-        self._results["out_mask"] = _save(mask, img, os.path.join(runtime.cwd, "mask.nii.gz"),
-                                          np.uint8)
+        self._results["out_mask"] = save_nifti(os.path.join(runtime.cwd, "mask.nii.gz"), mask,
+                                               like=img, dtype=np.uint8)
         return runtime
 
 
@@ -263,7 +260,8 @@ class ComputeUptake(SimpleInterface):
             particle_molar_mass_g_per_mol=self.inputs.particle_molar_mass_g_per_mol,
             gd_per_particle=self.inputs.gd_per_particle)
         for key, data in maps.items():
-            self._results[key] = _save(data, pre_img, os.path.join(runtime.cwd, f"{key}.nii.gz"))
+            self._results[key] = save_nifti(os.path.join(runtime.cwd, f"{key}.nii.gz"), data,
+                                            like=pre_img)
         self._results["r1_per_mM_per_s"] = self.inputs.r1_per_mM_per_s
         return runtime
 
@@ -288,7 +286,7 @@ class SignalEnhancement(SimpleInterface):
 
         pre_img = nb.load(self.inputs.pre)
         se = masked_signal_enhancement(nb.load(self.inputs.post).dataobj, pre_img.dataobj)
-        self._results["enhancement"] = _save(se, pre_img,
-                                             os.path.join(runtime.cwd, "enhancement.nii.gz"))
+        self._results["enhancement"] = save_nifti(
+            os.path.join(runtime.cwd, "enhancement.nii.gz"), se, like=pre_img)
         return runtime
 
