@@ -105,8 +105,28 @@ def load_agent_presets() -> dict[str, dict]:
     return tomllib.loads(text)
 
 
+#: Nominal main fields (T). Scanners report their exact field (a Siemens "3 T" Prisma or Skyra
+#: says 2.89, a 7 T Terra 6.98): relaxivities are tabulated per nominal field.
+NOMINAL_FIELDS_T = (0.55, 1.0, 1.5, 3.0, 4.7, 7.0, 9.4, 10.5, 11.7)
+
+
+def nominal_field_strength(field_strength_T: float) -> float:
+    """The nominal field within 5 % of ``field_strength_T`` (2.89 -> 3, 6.98 -> 7), else the
+    value itself."""
+    nearest = min(NOMINAL_FIELDS_T, key=lambda f: abs(f - field_strength_T))
+    return nearest if abs(nearest - field_strength_T) <= 0.05 * nearest else field_strength_T
+
+
 def _field_key(field_strength_T: float) -> str:
-    return f"{field_strength_T:g}T"
+    return f"{nominal_field_strength(field_strength_T):g}T"
+
+
+class UnknownAgentError(ValueError):
+    """The agent name is no preset or alias."""
+
+
+class NoRelaxivityError(ValueError):
+    """The preset has no cited relaxivity at the acquisition's field strength."""
 
 
 def resolve_agent(
@@ -131,8 +151,12 @@ def resolve_agent(
 
     Raises
     ------
+    UnknownAgentError
+        Unknown preset.
+    NoRelaxivityError
+        No relaxivity known at this field strength and none given.
     ValueError
-        Unknown preset, or no relaxivity known at this field strength and none given.
+        Neither a preset nor ``r1``.
     """
     presets = load_agent_presets()
     if name is None:
@@ -148,14 +172,15 @@ def resolve_agent(
             break
     else:
         known = ", ".join(sorted(presets))
-        raise ValueError(f"unknown agent preset {name!r}; known presets: {known}")
+        raise UnknownAgentError(f"unknown agent preset {name!r}; known presets: {known}")
     relaxivities = preset["r1_per_mM_per_s"]
     if r1 is None:
         try:
             r1 = relaxivities[_field_key(field_strength_T)]
         except KeyError:
-            raise ValueError(
+            raise NoRelaxivityError(
                 f"agent preset {preset_name!r} has no relaxivity at {field_strength_T:g} T "
+                f"(nominal {nominal_field_strength(field_strength_T):g} T) "
                 f"(known: {', '.join(relaxivities)}); give --r1"
             ) from None
     return AgentParameters(
@@ -178,6 +203,12 @@ def agent_for_timepoint(ceagent: str | None, main: AgentParameters,
     participant's own substance, or no preset, keeps the participant's agent, with its
     command-line overrides (``ce-AGuIX`` with ``--agent aguix-mp2rage`` stays r1 6.7), and
     constants given without a preset (``--r1`` alone) are always kept.
+
+    Raises
+    ------
+    NoRelaxivityError
+        The label names a preset of another substance that has no relaxivity at
+        ``field_strength_T`` (falling back to the participant's agent would be wrong).
     """
     if not ceagent:
         return main, f"participant agent {main.name}"
@@ -185,8 +216,15 @@ def agent_for_timepoint(ceagent: str | None, main: AgentParameters,
         return main, f"ce-{ceagent}: user-supplied constants ({main.name}) kept"
     try:
         preset = resolve_agent(ceagent, field_strength_T=field_strength_T)
-    except ValueError:
+    except UnknownAgentError:
         return main, f"ce-{ceagent} names no preset: participant agent {main.name}"
+    except NoRelaxivityError:
+        # ce-<label> names a known preset: it is that agent's relaxivity or nothing, unless
+        # the label is the participant's own substance (then its constants apply).
+        preset = resolve_agent(ceagent, field_strength_T=field_strength_T, r1=float("nan"))
+        if preset.substance == main.substance:
+            return main, f"ce-{ceagent} is the participant's agent ({main.name})"
+        raise
     if preset.substance == main.substance:
         return main, f"ce-{ceagent} is the participant's agent ({main.name})"
     return preset, f"ce-{ceagent} names the {preset.name} preset"
@@ -272,6 +310,8 @@ class RunConfig:
     reference_dose_mg_per_kg: float = DEFAULT_REFERENCE_DOSE_MG_PER_KG
     vfa_fit: str = DEFAULT_VFA_FIT
     inversion_efficiency: float | None = None
+    #: Units of every given TB1map (``--b1-units``), overriding the sidecar and the values.
+    b1_units: str | None = None
     report_mass_max_mg_per_l: float = DEFAULT_REPORT_MASS_MAX_MG_PER_L
     run_uuid: str = ""
 

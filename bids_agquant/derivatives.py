@@ -62,6 +62,13 @@ DESCRIPTIONS = {
     "t1w": "Signal enhancement computed on the T1-weighted GRE images",
     "GTV": "Gross tumour volume contours, one integer label per lesion",
     "preproc": "Session T1w rigidly registered and resampled (linear) onto the baseline T1w grid",
+    "tfl": "B1+ (fraction of nominal) computed from Siemens tfl_b1map images (TB1TFL): "
+           "famp / (10 FlipAngle)",
+    "afi": "B1+ (fraction of nominal) computed from actual flip-angle imaging (TB1AFI, "
+           "Yarnykh 2007)",
+    "dam": "B1+ (fraction of nominal) computed by the double-angle method (TB1DAM)",
+    "sa2rage": "B1+ (fraction of nominal) computed from SA2RAGE images (TB1SRGE, Eggenschwiler "
+               "2012) by look-up at T1 1.5 s",
 }
 
 BIDSIGNORE = [
@@ -193,15 +200,49 @@ def persistence_pairs(plan, config) -> list[tuple[str, object, object]]:
     return pairs
 
 
+def b1_timepoints(plan) -> list:
+    """The first timepoint of each session whose B1+ map the app computes from raw
+    acquisitions: the session's ``fmap/..._desc-<method>_TB1map`` is written once, under it
+    (a B1+ map belongs to the session, not to a ``ce-`` timepoint)."""
+    seen, out = set(), []
+    for tp in plan.timepoints:
+        if tp.b1 is not None and tp.b1.computed and tp.session not in seen:
+            seen.add(tp.session)
+            out.append(tp)
+    return out
+
+
+def b1_map_uri(plan, timepoint) -> str:
+    """BIDS URI of the B1+ map a timepoint's T1 fits use: the computed derivative (this
+    dataset) or the raw ``TB1map``; ``"none"`` without one."""
+    if timepoint.b1 is None:
+        return "none"
+    if not timepoint.b1.computed:
+        return f"bids:raw:{_raw_relpath(plan, timepoint.b1.files[0])}"
+    first = next(tp for tp in b1_timepoints(plan) if tp.session == timepoint.session)
+    names = {"subject": plan.subject, "datatype": "fmap", "desc": first.b1.method,
+             "suffix": "TB1map", "extension": ".nii.gz",
+             **({"session": first.session} if first.session else {})}
+    return f"bids::{build_derivative_path(names)}"
+
+
+def _raw_relpath(plan, path: Path) -> str:
+    """``path`` relative to its dataset (from the ``sub-<id>`` folder on)."""
+    parts = Path(path).parts
+    return Path(*parts[parts.index(f"sub-{plan.subject}"):]).as_posix()
+
+
 def expected_outputs(plan, config) -> list[Output]:
     """Every derivative the participant workflow writes for ``plan`` (DESIGN.md §5).
 
-    Per timepoint and T1 method: native T1/R1 maps, and the method → T1w transform when the
-    timepoint has a T1w. With a baseline T1w (the reference space): the baseline R1 in
-    reference space; per post-agent timepoint the session → baseline transform, the
-    registered T1w, SE %, and per shared method R1, ΔR1, Gd and mass concentration in
-    reference space; with contours, the GTV labels (reference and native) and the lesion,
-    control and profile tables, and persistence tables between timepoints of one agent.
+    Per session whose B1+ is computed from raw acquisitions, its
+    ``fmap/..._desc-<method>_TB1map``. Per timepoint and T1 method: native T1/R1 maps, and
+    the method → T1w transform when the timepoint has a T1w. With a baseline T1w (the
+    reference space): the baseline R1 in reference space; per post-agent timepoint the
+    session → baseline transform, the registered T1w, SE %, and per shared method R1, ΔR1,
+    Gd and mass concentration in reference space; with contours, the GTV labels (reference
+    and native) and the lesion, control and profile tables, and persistence tables between
+    timepoints of one agent.
 
     Parameters
     ----------
@@ -216,6 +257,11 @@ def expected_outputs(plan, config) -> list[Output]:
     out: list[Output] = []
     ref = plan.reference_label
     base = plan.baseline
+    for tp in b1_timepoints(plan):
+        names = {"subject": plan.subject, "datatype": "fmap", "desc": tp.b1.method,
+                 "suffix": "TB1map", "extension": ".nii.gz",
+                 **({"session": tp.session} if tp.session else {})}
+        out.append(Output("TB1map", tp.label, None, tuple(sorted(names.items()))))
     for tp in plan.timepoints:
         for method in tp.methods:
             out += [_output(plan, tp, "T1map", method, desc=method, suffix="T1map"),

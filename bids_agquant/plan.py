@@ -65,6 +65,8 @@ class MP2RAGESet:
     field_strength_T: float | None = None
     phase_units: str | None = None
     shots_decision: str = ""
+    #: Echo spacing of the INV2 train when it differs from INV1's (MP2RAGE-ME), s.
+    repetition_time_excitation_inv2_s: float | None = None
 
     @property
     def uni_source(self) -> str:
@@ -90,6 +92,7 @@ class MP2RAGESet:
             "shots_before": self.number_shots[0],
             "shots_after": self.number_shots[1],
             "inversion_efficiency": float(efficiency),
+            "repetition_time_excitation_inv2_s": self.repetition_time_excitation_inv2_s,
         }
 
     @property
@@ -108,6 +111,59 @@ class MP2RAGESet:
         return self.inv2 or self.unit1
 
 
+#: BIDS B1+ suffixes (``fmap/``) the app reads, in the order one is chosen when a session has
+#: several: a map the site already computed first, then the raw acquisitions.
+B1_SUFFIXES = ("TB1map", "TB1TFL", "TB1AFI", "TB1DAM", "TB1SRGE")
+
+#: ``desc-`` label of the B1+ map the app computes from each raw representation.
+B1_METHODS = {"TB1TFL": "tfl", "TB1AFI": "afi", "TB1DAM": "dam", "TB1SRGE": "sa2rage"}
+
+
+@dataclass
+class B1Source:
+    """The B1+ data of one session, in one BIDS representation, with the sidecar values its
+    computation needs (seconds, degrees).
+
+    ``files`` by suffix: ``TB1map`` [map]; ``TB1TFL`` [acq-anat, acq-famp]; ``TB1AFI``
+    [acq-tr1, acq-tr2]; ``TB1DAM`` [flip-1 (α), flip-2 (2α)]; ``TB1SRGE`` [first readout,
+    second readout] and, when given, their ``part-phase`` images (``units``: their phase
+    Units). ``flip_angles_deg``: the nominal flip of the famp preparation pulse
+    (TFL), of the AFI excitation, [α, 2α] (DAM), the two readout flips (SRGE), the map's
+    own ``FlipAngle`` when its sidecar has one (TB1map). ``repetition_times_s``: [TR1, TR2]
+    (AFI), [RepetitionTimePreparation, RepetitionTimeExcitation] (SRGE).
+    """
+
+    suffix: str
+    files: list[Path]
+    units: str | None = None
+    flip_angles_deg: list[float] = field(default_factory=list)
+    repetition_times_s: list[float] = field(default_factory=list)
+    inversion_times_s: list[float] = field(default_factory=list)
+    number_shots: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: Filled by the pre-flight check: how the map was read, its warnings (a units guess, a
+    #: declared unit the values contradict), and the median / coverage found per T1 method.
+    decision: str = ""
+    warnings: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def method(self) -> str | None:
+        """``desc-`` label of the computed map (``tfl``, ``afi``, ``dam``, ``sa2rage``), or
+        None for a given ``TB1map``."""
+        return B1_METHODS.get(self.suffix)
+
+    @property
+    def main_file(self) -> Path:
+        """The file messages name: the map, the famp image (TFL), else the first image."""
+        return self.files[1] if self.suffix == "TB1TFL" else self.files[0]
+
+    @property
+    def computed(self) -> bool:
+        """True when the app computes the map from raw acquisitions."""
+        return self.suffix != "TB1map"
+
+
 @dataclass
 class Timepoint:
     """A session plus its ``ce-`` entity (DESIGN.md §4)."""
@@ -116,8 +172,7 @@ class Timepoint:
     ceagent: str | None
     t1w: Path | None
     vfa: VFASet | None
-    b1map: Path | None = None
-    b1_units: str | None = None
+    b1: B1Source | None = None
     hours_post_injection: float | None = None
     mp2rage: MP2RAGESet | None = None
 
@@ -211,6 +266,15 @@ class ParticipantPlan:
         """Main field of the baseline acquisitions (their sidecars), else ``default_T``: it
         picks the agent's relaxivity, for the participant and for every ``ce-`` timepoint."""
         return self.baseline.field_strength_T or default_T
+
+    def field_strength_origin(self, default_T: float) -> str:
+        """Where :meth:`field_strength_T` comes from, for messages."""
+        for data in (self.baseline.vfa, self.baseline.mp2rage):
+            if data is not None and data.field_strength_T:
+                return (f"MagneticFieldStrength {data.field_strength_T:g} T in the sidecar of "
+                        f"{data.files[0].name}")
+        return (f"no baseline sidecar states MagneticFieldStrength, so the configured "
+                f"{default_T:g} T (field_strength_T) was assumed")
 
     def timepoint_for_node(self, node_name: str) -> Timepoint | None:
         """The timepoint a Nipype node belongs to, from its dotted name.
@@ -332,16 +396,38 @@ def _collect_mp2rage(layout, subject, session, ceagent) -> MP2RAGESet | None:
     if not images and not unit1:
         return None
     found: dict[tuple[int, str], Path] = {}
+    echoes: dict[tuple[int, str], dict[int, Path]] = {}
     for path in images:
         ent = layout.parse_file_entities(str(path))
         if "inv" not in ent:
             raise InputError(f"{path}: an MP2RAGE image needs the inv-<1|2> entity", EX_DATAERR)
-        key = (int(ent["inv"]), "phase" if ent.get("part") == "phase" else "mag")
+        part = ent.get("part", "mag")
+        if part in ("real", "imag"):
+            raise InputError(f"{path}: part-{part} MP2RAGE images are not supported; give the "
+                             "magnitude and phase (part-mag / part-phase) of each inversion, or "
+                             "the UNIT1 image", EX_DATAERR)
+        key = (int(ent["inv"]), "phase" if part == "phase" else "mag")
+        if "echo" in ent:  # MP2RAGE-ME: one image per echo of a (multi-echo) readout
+            echoes.setdefault(key, {})[int(ent["echo"])] = path
+            continue
         if key in found:
             LOGGER.warning("%s: several images for inv-%d %s, using %s", path.parent, key[0],
                            key[1], found[key])
             continue
         found[key] = path
+    for key, by_echo in echoes.items():
+        if key in found:
+            LOGGER.warning("%s: inv-%d %s has images with and without echo-; using %s",
+                           found[key].parent, key[0], key[1], found[key].name)
+            continue
+        found[key] = by_echo[min(by_echo)]
+    multi = sorted({k[0] for k, by_echo in echoes.items() if len(by_echo) > 1})
+    if multi:
+        # The MP2RAGE signal model describes the k-space centre of the first echo (the
+        # echo-time dependence cancels in UNI only between equal echo times).
+        LOGGER.info("%s: MP2RAGE-ME, inv-%s acquired with several echoes: the first echo of "
+                    "each inversion is used", (images or unit1)[0].parent,
+                    "/".join(str(i) for i in multi))
     inv1, inv2 = found.get((1, "mag")), found.get((2, "mag"))
     inv1_phase, inv2_phase = found.get((1, "phase")), found.get((2, "phase"))
     folder = (images or unit1)[0].parent
@@ -354,21 +440,37 @@ def _collect_mp2rage(layout, subject, session, ceagent) -> MP2RAGESet | None:
         inv1_phase = inv2_phase = None
 
     # Per-inversion values from the inv-<n> sidecars; else arrays in the UNIT1 sidecar.
+    def echo_spacing(value, path) -> list[float]:
+        values = value if isinstance(value, list | tuple) else [value]
+        return [seconds(v, "RepetitionTimeExcitation", path, max_plausible_s=1.0)
+                for v in values]
+
     if inv1 and inv2:
         metas = [(inv1, layout.get_metadata(str(inv1))), (inv2, layout.get_metadata(str(inv2)))]
         flips = [number(required(m, "FlipAngle", p), "FlipAngle", p) for p, m in metas]
         tis = [seconds(required(m, "InversionTime", p), "InversionTime", p,
                         max_plausible_s=10.0) for p, m in metas]
         source, meta = metas[1]
+        # Each readout train has its own echo spacing (MP2RAGE-ME: 32 ms multi-echo INV2).
+        spacings = [echo_spacing(required(m, "RepetitionTimeExcitation", p), p)[0]
+                    for p, m in metas]
     else:
         source, meta = unit1[0], layout.get_metadata(str(unit1[0]))
         flips = numbers(required(meta, "FlipAngle", source), "FlipAngle", source, 2)
         tis = [seconds(t, "InversionTime", source, max_plausible_s=10.0) for t in
                numbers(required(meta, "InversionTime", source), "InversionTime", source, 2)]
+        spacings = echo_spacing(required(meta, "RepetitionTimeExcitation", source), source)
+    if len(spacings) not in (1, 2):
+        raise InputError(f"{source}: RepetitionTimeExcitation holds {len(spacings)} values; "
+                         "one, or one per inversion, is expected", EX_DATAERR)
+    tr_exc = spacings[0]
+    tr_exc_inv2 = spacings[-1] if abs(spacings[-1] - spacings[0]) > 1e-9 else None
+    if tr_exc_inv2 is not None:
+        LOGGER.info("%s: RepetitionTimeExcitation %.4g s (inv-1) and %.4g s (inv-2): each "
+                    "readout train is modelled with its own echo spacing", source.parent,
+                    tr_exc, tr_exc_inv2)
     tr_prep = seconds(required(meta, "RepetitionTimePreparation", source),
                        "RepetitionTimePreparation", source, max_plausible_s=30.0)
-    tr_exc = seconds(required(meta, "RepetitionTimeExcitation", source),
-                      "RepetitionTimeExcitation", source, max_plausible_s=1.0)
     shots, shots_decision = number_shots(meta, source)
     LOGGER.info("%s: %s", source, shots_decision)
     efficiency = None
@@ -384,10 +486,189 @@ def _collect_mp2rage(layout, subject, session, ceagent) -> MP2RAGESet | None:
         inv1=inv1, inv2=inv2, inv1_phase=inv1_phase, inv2_phase=inv2_phase,
         unit1=unit1[0] if unit1 else None,
         repetition_time_preparation_s=tr_prep, repetition_time_excitation_s=tr_exc,
-        inversion_times_s=(tis[0], tis[1]), flip_angles_deg=(flips[0], flips[1]),
+        repetition_time_excitation_inv2_s=tr_exc_inv2, inversion_times_s=(tis[0], tis[1]),
+        flip_angles_deg=(flips[0], flips[1]),
         number_shots=shots, inversion_efficiency=efficiency, field_strength_T=field_strength,
         phase_units=phase_units, shots_decision=shots_decision,
     )
+
+
+def _entity_files(layout, suffix: str, entity: str, prefixes: tuple[str, str],
+                  files: list[Path]) -> list[Path] | None:
+    """The two files of a raw B1+ pair told apart by ``entity`` (BIDS: ``acq`` values that
+    begin with ``anat``/``famp`` or ``tr1``/``tr2``, ``flip`` 1/2), matched on what follows
+    the prefix (``acq-anatTest`` + ``acq-fampTest``); None when a member is missing."""
+    pairs: dict[str, dict[str, Path]] = {}
+    for path in files:
+        value = str(layout.parse_file_entities(str(path)).get(entity, ""))
+        for prefix in prefixes:
+            if value.startswith(prefix):
+                pairs.setdefault(value[len(prefix):], {}).setdefault(prefix, path)
+    complete = [(rest, pair) for rest, pair in sorted(pairs.items()) if len(pair) == 2]
+    if not complete:
+        return None
+    if len(complete) > 1:
+        LOGGER.warning("%s: several %s pairs (%s); using the first", files[0].parent, suffix,
+                       ", ".join(repr(rest) for rest, _ in complete))
+    return [complete[0][1][prefixes[0]], complete[0][1][prefixes[1]]]
+
+
+def _srge_shots(meta: dict, source: Path) -> tuple[list[float], str]:
+    """SA2RAGE ``NumberShots`` [before, after]; when absent, the BIDS qMRI appendix's
+    formula from the phase-encoding keys (BaseResolution · [PF − ½, ½] / iPAT + RefLines/2 ·
+    (1 − 1/iPAT))."""
+    if "NumberShots" in meta:
+        values = numbers(meta["NumberShots"], "NumberShots", source)
+        if len(values) == 1:
+            return [values[0] / 2, values[0] / 2], (f"NumberShots {values[0]:g} split in "
+                                                    "half around the k-space centre")
+        if len(values) == 2 and min(values) > 0:
+            return values, f"NumberShots {values} taken as [before, after]"
+        raise InputError(f"{source}: NumberShots = {meta['NumberShots']!r} must be a positive "
+                         "number or [before, after]", EX_DATAERR)
+    keys = ("BaseResolution", "PartialFourier", "ParallelReductionFactorInPlane", "RefLinesPE")
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise InputError(f"{source}: required sidecar key 'NumberShots' is missing, and it cannot "
+                         f"be computed (no {', '.join(missing)}); give NumberShots as [before, "
+                         "after] the k-space centre (BIDS qMRI appendix, TB1SRGE notes)")
+    base, pf, ipat, ref = (number(meta[k], k, source) for k in keys)
+    before = base * (pf - 0.5) / ipat + ref / 2 * (1 - 1 / ipat)
+    after = base * 0.5 / ipat + ref / 2 * (1 - 1 / ipat)
+    return [before, after], (f"NumberShots computed as [{before:.4g}, {after:.4g}] from "
+                             f"BaseResolution {base:g}, PartialFourier {pf:g}, iPAT {ipat:g}, "
+                             f"RefLinesPE {ref:g} (BIDS qMRI appendix, TB1SRGE notes)")
+
+
+def _b1_field_source(layout, images: list[Path]) -> str | None:
+    """The ``B1FieldSource`` the T1-mapping images' sidecars name, if any."""
+    for path in images:
+        value = layout.get_metadata(str(path)).get("B1FieldSource")
+        if value:
+            return str(value)
+    return None
+
+
+def _b1_identifiers(layout, path: Path) -> set[str]:
+    value = layout.get_metadata(str(path)).get("B1FieldIdentifier")
+    if isinstance(value, list):
+        return {str(v) for v in value}
+    return {str(value)} if value else set()
+
+
+def _collect_b1(layout, subject, session, wanted: str | None = None) -> B1Source | None:
+    """The session's B1+ data (``fmap/``), in the first representation of
+    :data:`B1_SUFFIXES` it has; the others are named in an INFO line.
+
+    When the T1-mapping images name a ``B1FieldSource``, only the files whose
+    ``B1FieldIdentifier`` is that value are candidates (BIDS links B1+ maps to images so).
+    """
+    from bids.layout import Query
+
+    found = {suffix: _get(layout, subject=subject, session=session or Query.NONE,
+                          suffix=suffix, datatype="fmap") for suffix in B1_SUFFIXES}
+    if wanted is not None:
+        linked = {suffix: [p for p in files if wanted in _b1_identifiers(layout, p)]
+                  for suffix, files in found.items()}
+        if any(linked.values()):
+            found = linked
+        elif any(found.values()):
+            LOGGER.warning("sub-%s ses-%s: the images name B1FieldSource %r, which no fmap/ "
+                           "file declares as its B1FieldIdentifier; B1+ chosen by suffix",
+                           subject, session, wanted)
+    available = [s for s in B1_SUFFIXES if found[s]]
+    for suffix in available:
+        source = _b1_source(layout, suffix, found[suffix])
+        if source is None:
+            continue
+        others = [s for s in available if s != suffix]
+        if others:
+            LOGGER.info("%s: B1+ from %s; %s ignored (rule: a given TB1map first, then TFL, "
+                        "AFI, DAM, SA2RAGE)", found[suffix][0].parent, suffix, ", ".join(others))
+        return source
+    if available:
+        names = ", ".join(p.name for s in available for p in found[s])
+        raise InputError(f"{found[available[0]][0].parent}: B1+ files ({names}) do not form a "
+                         "complete set: TB1TFL needs acq-anat* + acq-famp*, TB1AFI acq-tr1* + "
+                         "acq-tr2*, TB1DAM and TB1SRGE flip-1 + flip-2 (BIDS qMRI appendix)")
+    return None
+
+
+def _b1_source(layout, suffix: str, files: list[Path]) -> B1Source | None:
+    """One B1+ representation's files and sidecar values; None if the set is incomplete.
+
+    Phase images (``part-phase``) only matter for SA2RAGE, whose first readout changes
+    sign; everything else is computed from magnitudes.
+    """
+    parts = {path: layout.parse_file_entities(str(path)).get("part", "mag") for path in files}
+    phases = [p for p in files if parts[p] == "phase"]
+    files = [p for p in files if parts[p] not in ("phase", "real", "imag")]
+    if not files:
+        return None
+    meta = {path: layout.get_metadata(str(path)) for path in files}
+    if suffix == "TB1map":
+        if len(files) > 1:
+            LOGGER.warning("%s: several TB1map files, using %s", files[0].parent, files[0].name)
+        path = files[0]
+        flips = ([number(meta[path]["FlipAngle"], "FlipAngle", path)]
+                 if "FlipAngle" in meta[path] else [])
+        return B1Source(suffix, [path], units=meta[path].get("Units"), flip_angles_deg=flips)
+    if suffix == "TB1TFL":
+        pair = _entity_files(layout, suffix, "acquisition", ("anat", "famp"), files)
+        if pair is None:
+            return None
+        famp = pair[1]
+        # Siemens tfl_b1map: FlipAngle of the famp series is the preparation pulse's nominal
+        # flip, which famp (10 × the achieved flip, degrees) is divided by.
+        flip = number(required(meta[famp], "FlipAngle", famp), "FlipAngle", famp)
+        return B1Source(suffix, pair, flip_angles_deg=[flip])
+    if suffix == "TB1AFI":
+        pair = _entity_files(layout, suffix, "acquisition", ("tr1", "tr2"), files)
+        if pair is None:
+            return None
+        trs = []
+        for path in pair:
+            # The BIDS schema requires RepetitionTimeExcitation (the qMRI appendix's table
+            # says RepetitionTime, which converters write too).
+            key = next((k for k in ("RepetitionTimeExcitation", "RepetitionTime")
+                        if k in meta[path]), "RepetitionTimeExcitation")
+            trs.append(seconds(required(meta[path], key, path), key, path, max_plausible_s=1.0))
+        flip = number(required(meta[pair[0]], "FlipAngle", pair[0]), "FlipAngle", pair[0])
+        if not trs[1] > trs[0]:
+            raise InputError(f"{pair[1]}: TB1AFI acq-tr2 must have the longer RepetitionTime "
+                             f"(found TR1 {trs[0]:g} s, TR2 {trs[1]:g} s)", EX_DATAERR)
+        return B1Source(suffix, pair, flip_angles_deg=[flip], repetition_times_s=trs)
+    # TB1DAM and TB1SRGE: flip-1 / flip-2
+    by_flip: dict[int, Path] = {}
+    for path in files:
+        flip_index = layout.parse_file_entities(str(path)).get("flip")
+        if flip_index is not None:
+            by_flip.setdefault(int(flip_index), path)
+    if 1 not in by_flip or 2 not in by_flip:
+        return None
+    pair = [by_flip[1], by_flip[2]]
+    flips = [number(required(meta[p], "FlipAngle", p), "FlipAngle", p) for p in pair]
+    if suffix == "TB1DAM":
+        if abs(flips[1] - 2 * flips[0]) > 0.01 * flips[1]:
+            raise InputError(f"{pair[1]}: TB1DAM needs FlipAngle of flip-2 = 2 × flip-1 (found "
+                             f"{flips[0]:g}° and {flips[1]:g}°)", EX_DATAERR)
+        return B1Source(suffix, pair, flip_angles_deg=flips)
+    first = meta[pair[0]]
+    tis = [seconds(required(meta[p], "InversionTime", p), "InversionTime", p,
+                   max_plausible_s=10.0) for p in pair]
+    tr_prep = seconds(required(first, "RepetitionTimePreparation", pair[0]),
+                      "RepetitionTimePreparation", pair[0], max_plausible_s=30.0)
+    tr_exc = seconds(required(first, "RepetitionTimeExcitation", pair[0]),
+                     "RepetitionTimeExcitation", pair[0], max_plausible_s=1.0)
+    shots, decision = _srge_shots(first, pair[0])
+    LOGGER.info("%s: %s", pair[0], decision)
+    phase_by_flip = {int(layout.parse_file_entities(str(p)).get("flip", 0)): p for p in phases}
+    if 1 in phase_by_flip and 2 in phase_by_flip:
+        pair += [phase_by_flip[1], phase_by_flip[2]]
+    return B1Source(suffix, pair, flip_angles_deg=flips, repetition_times_s=[tr_prep, tr_exc],
+                    inversion_times_s=tis, number_shots=shots, notes=[decision],
+                    units=(layout.get_metadata(str(pair[2])).get("Units")
+                           if len(pair) == 4 else None))
 
 
 def _scan_hours(bids_dir: Path, subject: str, session: str | None) -> dict[str, float]:
@@ -503,6 +784,7 @@ def collect_plan(
     bids_dir = Path(layout.root)
     sessions = layout.get_sessions(subject=subject)
     hours = _hours_post_injection(bids_dir, subject)
+    b1_by_session: dict[str | None, B1Source | None] = {}
 
     def timepoint(session, ceagent) -> Timepoint:
         t1w = _get(layout, subject=subject, session=session or Query.NONE, suffix="T1w",
@@ -511,13 +793,12 @@ def collect_plan(
             LOGGER.warning("sub-%s %s: several T1w images, using %s", subject, session, t1w[0])
         vfa = _collect_vfa(layout, subject, session, ceagent)
         mp2rage = _collect_mp2rage(layout, subject, session, ceagent)
-        b1 = _get(layout, subject=subject, session=session or Query.NONE, suffix="TB1map",
-                  datatype="fmap")
-        b1_units = None
-        if b1:
-            b1_units = layout.get_metadata(str(b1[0])).get("Units")
+        if session not in b1_by_session:  # one B1+ per session, shared by its timepoints
+            wanted = _b1_field_source(layout, [*(vfa.files if vfa else []),
+                                               *(mp2rage.files if mp2rage else [])])
+            b1_by_session[session] = _collect_b1(layout, subject, session, wanted)
         tp = Timepoint(session, ceagent, t1w[0] if t1w else None, vfa,
-                       b1[0] if b1 else None, b1_units, hours.get(session or ""), mp2rage)
+                       b1_by_session[session], hours.get(session or ""), mp2rage)
         # A per-image time (scans.tsv) is more specific than the session's.
         scan_hours = _scan_hours(bids_dir, subject, session)
         for image in [*t1w, *(vfa.files if vfa else []), *(mp2rage.files if mp2rage else [])]:

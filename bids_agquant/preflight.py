@@ -34,8 +34,8 @@ def timepoint_images(tp: Timepoint) -> list[tuple[Path, str]]:
         images += [(f, "VFA") for f in tp.vfa.files]
     if tp.mp2rage is not None:
         images += [(f, "MP2RAGE") for f in tp.mp2rage.files]
-    if tp.b1map is not None:
-        images.append((tp.b1map, "B1"))
+    if tp.b1 is not None:
+        images += [(f, f"B1+ ({tp.b1.suffix})") for f in tp.b1.files]
     return images
 
 
@@ -66,8 +66,17 @@ def load_volume(path: Path, role: str) -> nb.Nifti1Image:
         raise InputError(f"{path}: not a readable NIfTI image ({exc})", EX_DATAERR) from None
     shape = img.shape
     if len(shape) != 3:
-        hint = (" (a single volume stored as 4-D: drop the last axis)"
-                if len(shape) == 4 and shape[3] == 1 else "")
+        hint = ""
+        if len(shape) == 4 and shape[3] == 1:
+            hint = " (a single volume stored as 4-D: drop the last axis)"
+        elif len(shape) == 4 and role == "MP2RAGE":
+            hint = (f" ({shape[3]} volumes in one file, as some scanner exports store the "
+                    "inversions or magnitude/phase together: BIDS expects one 3-D file per "
+                    "inversion and part, *_inv-1_part-mag_MP2RAGE, *_inv-1_part-phase_MP2RAGE, "
+                    "*_inv-2_part-mag_MP2RAGE, …)")
+        elif len(shape) == 4 and role.startswith("B1"):
+            hint = (" (BIDS expects one 3-D file per image of the B1+ collection, e.g. "
+                    "acq-anat / acq-famp for TB1TFL, acq-tr1 / acq-tr2 for TB1AFI)")
         raise InputError(f"{path}: {role} image has shape {shape}; one 3-D volume is "
                          f"expected{hint}", EX_DATAERR)
     if min(shape) < 1:
@@ -77,12 +86,22 @@ def load_volume(path: Path, role: str) -> nb.Nifti1Image:
     except Exception as exc:  # EOFError, zlib.error, ValueError for short files
         raise InputError(f"{path}: {role} image data cannot be read, the file is corrupt or "
                          f"truncated ({type(exc).__name__}: {exc})", EX_DATAERR) from None
-    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+    if np.iscomplexobj(data):
+        raise InputError(f"{path}: {role} image holds complex numbers ({data.dtype}); BIDS "
+                         "stores a complex image as two real files, part-mag and part-phase "
+                         "(e.g. *_inv-1_part-mag_MP2RAGE.nii.gz and *_inv-1_part-phase_MP2RAGE"
+                         ".nii.gz)", EX_DATAERR)
+    if not np.issubdtype(data.dtype, np.number):
         raise InputError(f"{path}: {role} image has data type {data.dtype}; real numbers are "
                          "expected", EX_DATAERR)
     if np.issubdtype(data.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(data)))
-        if bad:
+        if bad and role.startswith("B1"):
+            # Vendor and toolbox B1+ maps mark unmeasured voxels with NaN: no B1+ there (0),
+            # which the coverage check then judges.
+            LOGGER.info("%s: %d NaN/Inf voxel(s) of %d read as 'no B1+ here'", path, bad,
+                        data.size)
+        elif bad:
             raise InputError(f"{path}: {role} image has {bad} NaN/Inf voxel(s) of {data.size}; "
                              "every voxel must be a finite number (set unmeasured voxels to 0)",
                              EX_DATAERR)
@@ -149,7 +168,8 @@ def check_contours(plan: ParticipantPlan, images: dict[Path, nb.Nifti1Image]) ->
     timepoints = [plan.baseline, *plan.posts]
     own = [tp for tp in timepoints
            if (tp.session, tp.ceagent) == (contours.session, contours.ceagent)] or [plan.baseline]
-    candidates = [(p, role) for p, role in timepoint_images(own[0]) if role != "B1"]
+    candidates = [(p, role) for p, role in timepoint_images(own[0])
+                  if not role.startswith("B1")]
     best_path, best_inside = None, None
     for path, _ in candidates:
         target = images[path]
@@ -172,15 +192,104 @@ def check_contours(plan: ParticipantPlan, images: dict[Path, nb.Nifti1Image]) ->
                      "statistics would be wrong", EX_DATAERR)
 
 
-def check_plan(plan: ParticipantPlan) -> None:
+def _method_head(tp: Timepoint, method: str, images: dict[Path, nb.Nifti1Image]):
+    """Grid and head mask of one T1 method's images: the VFA flips' mean, the INV2 magnitude,
+    or (UNIT1 alone, whose background is noise) the timepoint's T1w; None without any."""
+    from .qmri.masks import signal_mask
+
+    if method == "vfa":
+        ref = images[tp.vfa.files[0]]
+        signal = np.mean([np.asarray(images[f].dataobj, np.float32) for f in tp.vfa.files],
+                         axis=0)
+    elif tp.mp2rage.inv2 is not None:
+        ref = images[tp.mp2rage.inv2]
+        signal = np.asarray(ref.dataobj, np.float32)
+    elif tp.t1w is not None:
+        ref = images[tp.t1w]
+        signal = np.asarray(ref.dataobj, np.float32)
+    else:
+        return None
+    return ref, signal_mask(signal)
+
+
+#: Relative bias of VFA R1 per relative B1+ error (R1 ∝ B1² in the small-angle regime).
+NO_B1_WARNING = ("no B1+ map: the VFA fit uses the nominal flip angles; R1 scales about as "
+                 "B1², so a B1+ of 0.9 (1.1) biases R1 and ΔR1 by about -19 % (+21 %)")
+
+
+def check_b1(plan: ParticipantPlan, units_override: str | None = None) -> None:
+    """Compute every B1+ map of ``plan`` and check it against the heads it corrects.
+
+    After the units decision the median B1 inside each T1 method's head mask must lie in
+    :data:`~bids_agquant.qmri.b1.PLAUSIBLE_MEDIAN_FRACTION` and the map must cover at least
+    :data:`~bids_agquant.qmri.b1.MIN_HEAD_COVERAGE` of it; else InputError (65) naming the
+    file, the median and the fixes. The decision, its warnings (a units guess is a WARNING
+    line of its own) and the numbers found are recorded on the plan's B1 sources.
+    """
+    from .b1maps import b1_on_grid, compute_b1, fraction_image
+    from .qmri.b1 import MIN_HEAD_COVERAGE, PLAUSIBLE_MEDIAN_FRACTION, b1_plausibility
+
+    images: dict[Path, nb.Nifti1Image] = {}
+    done: dict[int, object] = {}
+    for tp in plan.timepoints:
+        if tp.b1 is None:
+            if tp.vfa is not None:
+                LOGGER.warning("sub-%s %s: %s", plan.subject, tp.label, NO_B1_WARNING)
+            continue
+        source = tp.b1
+        if id(source) not in done:
+            b1 = compute_b1(source, units_override if source.suffix == "TB1map" else None)
+            source.decision, source.warnings = b1.decision, list(b1.warnings)
+            LOGGER.info("sub-%s %s: %s", plan.subject, source.main_file.name,
+                        b1.decision.removeprefix("WARNING: "))
+            if b1.decision.startswith("WARNING"):
+                LOGGER.warning("sub-%s %s: %s", plan.subject, source.main_file, b1.decision)
+            for text in b1.warnings:
+                LOGGER.warning("sub-%s %s: %s", plan.subject, source.main_file, text)
+            done[id(source)] = fraction_image(b1)
+        for method in tp.methods:
+            for path in (tp.vfa.files if method == "vfa" else tp.mp2rage.files):
+                images.setdefault(path, nb.load(path))
+            if tp.t1w is not None:
+                images.setdefault(tp.t1w, nb.load(tp.t1w))
+            head = _method_head(tp, method, images)
+            if head is None:
+                LOGGER.warning("sub-%s %s: no image outlines the head for %s; the B1+ map's "
+                               "coverage is not checked", plan.subject, tp.label, method)
+                continue
+            ref, mask = head
+            found = b1_plausibility(b1_on_grid(done[id(source)], ref), mask)
+            check = (f"{tp.label} {method}: median B1+ {found.median:.3g} in the head, "
+                     f"{100 * found.coverage:.1f} % of the head covered")
+            if check not in source.checks:
+                source.checks.append(check)
+            if not found.ok:
+                lo, hi = PLAUSIBLE_MEDIAN_FRACTION
+                fixes = ("--b1-units fraction|percent|degrees-x10|per-mille overrides the units "
+                         "decision" if source.suffix == "TB1map" else
+                         "check the sidecar values (FlipAngle, RepetitionTime, InversionTime, "
+                         "NumberShots) of these files")
+                if found.coverage < MIN_HEAD_COVERAGE:
+                    fixes = ("acquire the B1+ map over the whole head (field of view) of the T1 "
+                             f"images, or check its header geometry; {fixes}")
+                raise InputError(
+                    f"{source.main_file}: implausible B1+ map for {tp.label} ({method}): "
+                    f"{'; '.join(found.problems())} (expected a median in {lo:g}-{hi:g} and "
+                    f"at least {100 * MIN_HEAD_COVERAGE:g} % of the head covered; {source.decision}"
+                    f"); {fixes}; or remove the map to fit without B1+ correction", EX_DATAERR)
+
+
+def check_plan(plan: ParticipantPlan, config=None) -> None:
     """Read every input image of ``plan`` and its contours; raise InputError(65) on a problem.
 
-    Also warns about what will be skipped because participants.tsv lacks a value.
+    Also checks the B1+ maps (:func:`check_b1`, with ``config.b1_units``) and warns about
+    what will be skipped because participants.tsv lacks a value.
     """
     images = {path: load_volume(path, role) for path, role in plan_images(plan)}
     for tp in [plan.baseline, *plan.posts]:
         _check_timepoint_grids(tp, images)
     check_contours(plan, images)
+    check_b1(plan, getattr(config, "b1_units", None))
     if plan.posts and not plan.is_placebo:
         missing = [key for key, value in (("dose_mg_per_kg", plan.dose_mg_per_kg),
                                           ("weight_kg", plan.weight_kg)) if value is None]

@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import DEFAULT_AGENT, DEFAULT_CONTOURS_SUBDIR, RunConfig
 from ..errors import EX_USAGE
+from ..qmri.b1 import B1_UNIT_CHOICES
 
 #: Every default comes from RunConfig (one place); the parser only presents them.
 _DEFAULTS = RunConfig()
@@ -125,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                     default=_DEFAULTS.inversion_efficiency, metavar="EFF",
                     help="MP2RAGE inversion efficiency in (0, 1]; default: the sidecar's "
                          "InversionEfficiency, else 0.96 (Siemens adiabatic pulse, Marques 2010)")
+    t1.add_argument("--b1-units", choices=list(B1_UNIT_CHOICES), default=_DEFAULTS.b1_units,
+                    help="units of the given B1+ maps (fmap/*_TB1map), overriding their sidecar "
+                         "Units and the guess from the values: a fraction of nominal, percent, "
+                         "10 x the achieved flip angle in degrees (divided by 10 x the sidecar "
+                         "FlipAngle; Siemens tfl_b1map famp), or per mille (SA2RAGE exports)")
 
     rep = parser.add_argument_group("reports")
     rep.add_argument("--report-mass-max", type=_positive,

@@ -68,6 +68,7 @@ def _config_from_opts(opts) -> RunConfig:
         reference_dose_mg_per_kg=opts.reference_dose,
         vfa_fit=opts.vfa_fit,
         inversion_efficiency=opts.inversion_efficiency,
+        b1_units=opts.b1_units,
         report_mass_max_mg_per_l=opts.report_mass_max,
         run_uuid=run_uuid,
     )
@@ -85,9 +86,16 @@ def check_paths(config: RunConfig) -> None:
     if not bids_dir.is_dir():
         raise InputError(f"{bids_dir}: BIDS directory not found (inside a container, check the "
                          "bind mount)", EX_NOINPUT)
+    from .workflow import participant_folder_hint
+
     if not (bids_dir / "dataset_description.json").exists():
         raise InputError(f"{bids_dir / 'dataset_description.json'}: missing; is this the root of "
-                         "a BIDS dataset?", EX_NOINPUT)
+                         f"a BIDS dataset?{participant_folder_hint(bids_dir)}", EX_NOINPUT)
+    if config.analysis_level == "participant" and not any(
+            p.is_dir() for p in bids_dir.glob("sub-*")):
+        # Before the validator, whose file-by-file errors would hide what is wrong.
+        raise InputError(f"{bids_dir}: no sub-* folders found"
+                         f"{participant_folder_hint(bids_dir)}", EX_NOINPUT)
     checked = [("output_dir", config.output_dir)]
     if config.analysis_level == "participant":
         checked.append(("work_dir", config.work_dir))

@@ -11,7 +11,7 @@ import getpass
 import logging
 import os
 
-from ..config import RunConfig, resolve_participant_agent
+from ..config import RunConfig, agent_for_timepoint, resolve_participant_agent
 from ..errors import EX_DATAERR, EX_NOINPUT, InputError
 
 LOGGER = logging.getLogger("bids_agquant")
@@ -74,7 +74,8 @@ def select_participants(layout, config: RunConfig) -> list[str]:
     does not exist, naming those that do)."""
     subjects = sorted(layout.get_subjects())
     if not subjects:
-        raise InputError(f"{config.bids_dir}: no sub-* folders found", EX_NOINPUT)
+        raise InputError(f"{config.bids_dir}: no sub-* folders found"
+                         f"{participant_folder_hint(config.bids_dir)}", EX_NOINPUT)
     if not config.participant_label:
         return subjects
     missing = sorted(set(config.participant_label) - set(subjects))
@@ -83,6 +84,23 @@ def select_participants(layout, config: RunConfig) -> list[str]:
                          f"{', '.join('sub-' + m for m in missing)} (the dataset has "
                          f"{', '.join('sub-' + s for s in subjects)})", EX_NOINPUT)
     return list(dict.fromkeys(config.participant_label))
+
+
+def participant_folder_hint(bids_dir) -> str:
+    """What BIDS expects, when the dataset's folders look like a vendor's or converter's
+    participant folders (``sub_01``, ``Sub-01``, ``sub01``)."""
+    import re
+    from pathlib import Path
+
+    near = sorted(p.name for p in Path(bids_dir).iterdir()
+                  if p.is_dir() and re.match(r"(?i)sub", p.name) and not p.name.startswith("sub-"))
+    if not near:
+        return ""
+    shown = ", ".join(near[:5]) + (", …" if len(near) > 5 else "")
+    return (f"; found {shown}: BIDS names participant folders sub-<label> (lower-case 'sub', a "
+            "hyphen, then letters and digits only, e.g. sub-01), and the files inside start "
+            "with the same sub-<label>_ (rename them, or re-run the DICOM converter with a "
+            "BIDS output)")
 
 
 def check_sessions(layout, subjects: list[str], config: RunConfig) -> None:
@@ -115,13 +133,8 @@ def plan_participants(layout, subjects, config):
             plan = collect_plan(layout, subject, baseline_session=config.baseline_session,
                                 session_labels=config.session_label or None,
                                 contours_dir=config.contours_dir)
-            check_plan(plan)
-            try:
-                plan.agent_parameters = resolve_participant_agent(
-                    plan.agent, plan.is_placebo, config,
-                    plan.field_strength_T(config.field_strength_T))
-            except ValueError as exc:
-                raise InputError(f"sub-{subject}: {exc}", EX_DATAERR) from None
+            check_plan(plan, config)
+            resolve_agents(plan, config)
         except InputError as exc:
             failures[subject] = exc  # reported with the others at the end of the run
             continue
@@ -129,6 +142,31 @@ def plan_participants(layout, subjects, config):
             LOGGER.info("sub-%s: %s", subject, note)
         plans.append(plan)
     return plans, failures
+
+
+def resolve_agents(plan, config: RunConfig) -> None:
+    """Set ``plan.agent_parameters`` when a post-agent timepoint is converted to mM.
+
+    T1 mapping alone needs no relaxivity, so a baseline-only plan works at any field strength
+    (or none stated). Where ΔR1 is converted, every timepoint's agent must have a relaxivity
+    at the field found; the refusal (65) names that field and where it was read.
+    """
+    if not plan.posts:
+        plan.agent_parameters = None
+        return
+    field_T = plan.field_strength_T(config.field_strength_T)
+    origin = plan.field_strength_origin(config.field_strength_T)
+    if plan.baseline.field_strength_T is None:
+        LOGGER.warning("sub-%s: %s; the relaxivity is taken at that field", plan.subject,
+                       origin)
+    try:
+        plan.agent_parameters = resolve_participant_agent(plan.agent, plan.is_placebo, config,
+                                                          field_T)
+        for tp in plan.posts:
+            agent_for_timepoint(tp.ceagent, plan.agent_parameters, field_T)
+    except ValueError as exc:
+        raise InputError(f"sub-{plan.subject}: {exc} (field strength: {origin}); T1 maps alone "
+                         "need no relaxivity, converting ΔR1 to mM does", EX_DATAERR) from None
 
 
 def plugin_settings(config: RunConfig) -> dict:

@@ -105,6 +105,9 @@ SAME_SESSION_HOURS = 2.0
 PHASE_OFFSET_RAD = 0.7
 PHASE_RAMP_MM = 150.0
 
+#: Raw B1+ representations (BIDS suffixes) of the extra participants, one each (``dro.b1``).
+RAW_B1_FORMATS = ("TB1TFL", "TB1AFI", "TB1DAM", "TB1SRGE")
+
 AGENT_DOSES_EXTRA_MG_PER_KG = (15.0, 30.0, 75.0)
 PRIMARY_TUMORS = ("NSCLC", "melanoma", "breast", "colon")
 WEIGHT_RANGE_KG = (55.0, 95.0)

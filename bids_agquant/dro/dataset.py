@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .anatomy import _Anatomy, _anatomy, _grid, _sample_fractions
+from .b1 import RAW_B1_FORMATS, b1_file_stem, raw_b1_images
 from .constants import (
     BASELINE_SESSION,
     DEFAULT_PARTICIPANTS,
@@ -194,7 +195,7 @@ def _write_timepoint(ctx: _Context, part: _Participant, rng: np.random.Generator
     stem = f"{sub}_{tp.label}"
     truth_dir = ctx.truth_dir / sub / f"ses-{ses}"
     sigmas: dict[str, float] = {}
-    b1_kappa = None
+    b1_kappa = raw_b1_inputs = None
 
     def fields_at(kind):
         fields = _Fields(ctx.anat, part, shape, affine, poses[kind], pool=ctx.cpu)
@@ -214,6 +215,8 @@ def _write_timepoint(ctx: _Context, part: _Participant, rng: np.random.Generator
                      for fa in VFA_FLIP_DEG]
         sigmas["VFA"] = max(_wm_mean(vfa, img) for img in vfa_clean) / ctx.snr
         b1_kappa = kappa
+        if part.b1_format in RAW_B1_FORMATS:  # raw B1+ images need the truth on this pose
+            raw_b1_inputs = (kappa, _inverse(r1v), m0_app, vfa.support >= 0.5)
         del vfa, r1v, m0_app
 
     if "MP2RAGE" in part.kinds:
@@ -225,6 +228,8 @@ def _write_timepoint(ctx: _Context, part: _Participant, rng: np.random.Generator
         sigmas["MP2RAGE"] = sigma_m
         if b1_kappa is None:
             b1_kappa = kappa_m
+            if part.b1_format in RAW_B1_FORMATS:
+                raw_b1_inputs = (kappa_m, t1m, m0m, mp.support >= 0.5)
         images = _mp2rage_images(s1, s2, sigma_m, rng, part.rx_direction[tp.key], affine,
                                  shape, part.role.phase_units)
         del mp, r1m, m0m, t1m, s1, s2, kappa_m
@@ -263,13 +268,22 @@ def _write_timepoint(ctx: _Context, part: _Participant, rng: np.random.Generator
         "MagneticFieldStrength": FIELD_STRENGTH_T,
     })
     del t1w_clean
-    b1_id = f"B1sub{part.label}ses{ses}" if part.b1_units else None
+    b1_id = f"B1sub{part.label}ses{ses}" if part.b1_format else None
     if vfa_clean is not None:
         for n, (fa, img) in enumerate(zip(VFA_FLIP_DEG, vfa_clean, strict=True), start=1):
             save(anat_dir / f"{stem}_flip-{n}_VFA.nii.gz", _magnitude_noise(img, sigma, rng),
                  affine)
             _write_json(anat_dir / f"{stem}_flip-{n}_VFA.json", _sidecar_vfa(fa, b1_id))
-    if part.b1_units and tp.ceagent is None:
+    if raw_b1_inputs is not None and tp.ceagent is None:
+        # Raw B1+ images, from which the app computes the map.
+        fmap_dir = ctx.bids_dir / sub / f"ses-{ses}" / "fmap"
+        for entities, data, dtype, side in raw_b1_images(part.b1_format, *raw_b1_inputs,
+                                                         ctx.snr, rng):
+            name = b1_file_stem(sub, ses, entities, part.b1_format)
+            save(fmap_dir / f"{name}.nii.gz", data, affine, dtype)
+            _write_json(fmap_dir / f"{name}.json", {
+                **side, "B1FieldIdentifier": b1_id, "IntendedFor": _intended_for(part, ses)})
+    elif part.b1_units and tp.ceagent is None:
         # One B1+ map per session, acquired with the first T1-mapping images.
         fmap_dir = ctx.bids_dir / sub / f"ses-{ses}" / "fmap"
         values = b1_kappa * np.float32(100.0) if part.b1_units == "percent" else b1_kappa

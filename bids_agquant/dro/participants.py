@@ -19,6 +19,7 @@ from .constants import (
     INTRA_TRANS_MM,
     PIVOT_RADIUS_MM,
     PRIMARY_TUMORS,
+    RAW_B1_FORMATS,
     SAME_SESSION_CE,
     SAME_SESSION_HOURS,
     SESSIONS,
@@ -31,10 +32,17 @@ from .lesions import _Lesion, _place_lesions
 class _Role:
     agent: str
     dose_mg_per_kg: float
-    b1_units: str | None  # None (no map), "fraction" or "percent"
+    b1_units: str | None  # TB1map units: None (no map or a raw format), "fraction", "percent"
     design: str = "sessions"  # "sessions" (D0/D1/D8) or "same-session" (D0 + D0 ce-AGuIX)
     methods: tuple[str, ...] = ("vfa",)
     phase_units: str | None = None  # MP2RAGE phase: "rad" or "siemens" (-4096..4095)
+    #: Raw B1+ representation (``dro.b1.RAW_B1_FORMATS``) instead of a TB1map, if any.
+    raw_b1: str | None = None
+
+    @property
+    def b1_format(self) -> str | None:
+        """BIDS suffix of the participant's B1+ files, or None without B1+."""
+        return self.raw_b1 or ("TB1map" if self.b1_units else None)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,10 @@ class _Participant:
         return self.role.b1_units
 
     @property
+    def b1_format(self) -> str | None:
+        return self.role.b1_format
+
+    @property
     def kinds(self) -> tuple[str, ...]:
         """Image kinds acquired at every timepoint (besides the T1w)."""
         return tuple({"vfa": "VFA", "mp2rage": "MP2RAGE"}[m] for m in self.role.methods)
@@ -96,8 +108,12 @@ def _participant_roles(n: int) -> list[_Role]:
             roles.append(_Role("AGuIX", 50.0, "percent", design="same-session",
                                methods=("mp2rage",), phase_units="siemens"))
         else:
+            # Extra participants: first one per raw B1+ representation, then TB1maps.
             dose = AGENT_DOSES_EXTRA_MG_PER_KG[(idx - 3) % len(AGENT_DOSES_EXTRA_MG_PER_KG)]
-            roles.append(_Role("AGuIX", dose, "fraction" if idx % 2 == 1 else "percent"))
+            if idx - 3 < len(RAW_B1_FORMATS):
+                roles.append(_Role("AGuIX", dose, None, raw_b1=RAW_B1_FORMATS[idx - 3]))
+            else:
+                roles.append(_Role("AGuIX", dose, "fraction" if idx % 2 == 1 else "percent"))
     return roles
 
 

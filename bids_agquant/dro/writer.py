@@ -278,6 +278,7 @@ def _participant_info(part: _Participant) -> dict:
         "weight_kg": part.weight_kg,
         "primary_tumor": part.primary_tumor,
         "b1_map_units": part.b1_units,
+        "b1_format": part.b1_format,
         "b1_tilt_per_70mm": part.b1_tilt,
         "receive_direction": {s: v.round(6).tolist() for s, v in part.rx_direction.items()},
         "motion": part.motion,

@@ -45,18 +45,12 @@ class _FitVFAOutputSpec(TraitedSpec):
 
 
 def _b1_on_grid(b1_map: str, units: str | None, reference: nb.Nifti1Image):
-    """B1+ fraction on ``reference``'s grid, and the units decision.
-
-    The B1 map comes from the same session: scanner coordinates are shared, so the header
-    alone places it on the grid.
-    """
-    from nilearn.image import resample_to_img
-
+    """B1+ fraction on ``reference``'s grid, and the units decision (the workflow passes the
+    fraction map of ``ComputeB1``, ``units="fraction"``)."""
+    from ..b1maps import b1_on_grid
     from ..qmri.b1 import b1_to_fraction
 
-    b1_on_grid = resample_to_img(nb.load(b1_map), reference, interpolation="continuous",
-                                 force_resample=True, copy_header=True)
-    b1, decision = b1_to_fraction(np.asarray(b1_on_grid.dataobj, np.float64), units or None)
+    b1, decision = b1_to_fraction(b1_on_grid(nb.load(b1_map), reference), units or None)
     LOGGER.info("%s: %s", b1_map, decision)
     return b1, decision
 

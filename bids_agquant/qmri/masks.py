@@ -13,6 +13,10 @@ from scipy import ndimage
 __all__ = ["exclude_dilated_labels", "fit_mask", "margin_iterations", "signal_mask"]
 
 
+#: Closing steps of :func:`signal_mask` (bridges thin gaps such as sulci and vessels).
+_CLOSING_ITERATIONS = 2
+
+
 def signal_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     """Head/brain mask from signal: above ``fraction`` of the robust maximum, holes filled.
 
@@ -28,18 +32,28 @@ def signal_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     ndarray of bool
         The largest connected component of the thresholded image, opened once (isolated
         noise voxels), closed twice and with its holes filled.
+
+    Notes
+    -----
+    Beyond the field of view nothing is known, not "no signal": the morphology runs on the
+    mask padded by replicating its edge, so a slab or a head touching the first or last
+    slice keeps its edge voxels (scipy's erosion would treat the outside as background and
+    strip two voxels from every face).
     """
     finite = np.isfinite(image)
     positive = image[finite & (image > 0)]
     if positive.size == 0:
         return np.zeros(image.shape, bool)
     mask = finite & (image > fraction * np.percentile(positive, 99.5))
+    pad = _CLOSING_ITERATIONS
+    mask = np.pad(mask, pad, mode="edge")
     mask = ndimage.binary_opening(mask, iterations=1)
     labels, n = ndimage.label(mask)
     if n > 1:  # keep the largest connected component (drops isolated noise voxels)
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
         mask = labels == (1 + int(np.argmax(sizes)))
-    mask = ndimage.binary_closing(mask, iterations=2)
+    mask = ndimage.binary_closing(mask, iterations=_CLOSING_ITERATIONS)
+    mask = mask[(slice(pad, -pad),) * mask.ndim]
     return ndimage.binary_fill_holes(mask)
 
 

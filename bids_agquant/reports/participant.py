@@ -286,7 +286,8 @@ class ParticipantReport:
                 "t1w": [tp.t1w.name] if tp.t1w else [],
                 "vfa": [f.name for f in tp.vfa.files] if tp.vfa else [],
                 "mp2rage": [f.name for f in tp.mp2rage.files] if tp.mp2rage else [],
-                "b1": [tp.b1map.name] if tp.b1map else [],
+                "b1": ([f"{f.name} ({tp.b1.suffix})" for f in tp.b1.files]
+                       + tp.b1.checks) if tp.b1 else [],
             })
         return rows
 
@@ -668,6 +669,20 @@ class ParticipantReport:
                                             lambda row: "")
         return section
 
+    def b1_warnings(self, tp: Timepoint) -> None:
+        """What the plan recorded about the timepoint's B1+: none for a VFA fit (with the
+        size of the bias), a units guess, values that contradict the declared units."""
+        from ..preflight import NO_B1_WARNING
+
+        if tp.b1 is None:
+            if tp.vfa is not None:
+                self.warn(tp, NO_B1_WARNING)
+            return
+        if tp.b1.decision.startswith("WARNING"):
+            self.warn(tp, f"B1+ map {tp.b1.main_file.name}: {tp.b1.decision}")
+        for text in tp.b1.warnings:
+            self.warn(tp, f"B1+ map {tp.b1.main_file.name}: {text}")
+
     def timepoint_section(self, tp: Timepoint) -> dict:
         expected = self.expected_outputs(tp)
         missing = [self.rel(p) for p in expected if not p.exists()]
@@ -678,6 +693,7 @@ class ParticipantReport:
             self.warn(tp, f"{len(missing)} of {len(expected)} expected outputs missing "
                           "(see the timepoint's section; a processing step failed or was "
                           "skipped)", level="error")
+        self.b1_warnings(tp)
         if not self.is_baseline(tp):
             section["registration"] = self.safe(f"{tp.label} registration check",
                                                 self.registration_section, tp)

@@ -22,6 +22,7 @@ from ..interfaces.lesions import Persistence
 from ..interfaces.qmri import SignalEnhancement, SignalMask
 from ..interfaces.reports import RegistrationQuality
 from ..plan import ParticipantPlan
+from .b1 import init_b1_wf
 from .common import RESAMPLING_R1, resample_node, resample_r1_node
 from .contours import contour_timepoint, init_contours_wf, init_session_contours_wf
 from .outputs import UNITS, Sinks, t1map_metadata
@@ -74,15 +75,22 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig):
               "sloppy": config.sloppy}
 
     # ---------------------------------------------------------------- T1 maps, native space
+    b1_wfs = {}  # one B1+ map per session, shared by its timepoints
     t1map_wfs, method_regs = {}, {}
     for tp in plan.timepoints:
+        if tp.b1 is not None and tp.session not in b1_wfs:
+            b1_wfs[tp.session] = init_b1_wf(plan, config, sinks, tp,
+                                            name=f"b1_{tp.node_suffix}_wf")
         for method in tp.methods:
             key = (tp.label, method)
             t1_wf = init_t1map_wf(tp, method, vfa_fit=config.vfa_fit,
                                   inversion_efficiency=config.inversion_efficiency,
                                   name=f"{method}_t1map_{tp.node_suffix}_wf")
             t1map_wfs[key] = t1_wf
-            meta = t1map_metadata(tp, method, bids_dir, config)
+            if tp.b1 is not None:
+                workflow.connect(b1_wfs[tp.session], "outputnode.b1_map",
+                                 t1_wf, "inputnode.b1_map")
+            meta = t1map_metadata(plan, tp, method, bids_dir, config)
             for field, kind in (("t1map", "T1map"), ("r1map", "R1map")):
                 ds = sinks.node(kind, tp, method, metadata={**meta, "Units": UNITS[kind]})
                 workflow.connect(t1_wf, f"outputnode.{field}", ds, "in_file")
@@ -122,7 +130,7 @@ def init_participant_wf(plan: ParticipantPlan, config: RunConfig):
         workflow.connect(t1map_wfs[key], "outputnode.valid_mask", r1_node, "valid_mask")
         r1_base_ref[method], valid_base_ref[method] = r1_node, valid_node
         ds_r1_base = sinks.node("R1map_ref", base, method, metadata={
-            **t1map_metadata(base, method, bids_dir, config), "Units": "1/s",
+            **t1map_metadata(plan, base, method, bids_dir, config), "Units": "1/s",
             "SpatialReference": ref_uri, "Resampling": RESAMPLING_R1})
         workflow.connect(r1_node, "output_image", ds_r1_base, "in_file")
 

@@ -11,11 +11,13 @@ from ..plan import Timepoint
 _OUTPUTS = ["t1map", "r1map", "valid_mask", "reference_image", "b1_decision"]
 
 
-def _b1_inputs(node, timepoint: Timepoint) -> None:
-    if timepoint.b1map is not None:
-        node.inputs.b1_map = str(timepoint.b1map)
-        if timepoint.b1_units:
-            node.inputs.b1_units = str(timepoint.b1_units)
+def _b1_inputs(workflow, node, timepoint: Timepoint) -> None:
+    """With a B1+ map, ``inputnode.b1_map`` (the session's fraction map, from
+    :func:`bids_agquant.workflows.b1.init_b1_wf`) feeds the fit."""
+    if timepoint.b1 is not None:
+        inputnode = pe.Node(niu.IdentityInterface(fields=["b1_map"]), name="inputnode")
+        node.inputs.b1_units = "fraction"
+        workflow.connect(inputnode, "b1_map", node, "b1_map")
 
 
 def init_vfa_t1map_wf(timepoint: Timepoint, *, method: str, mem_gb: float = 2.0,
@@ -31,6 +33,10 @@ def init_vfa_t1map_wf(timepoint: Timepoint, *, method: str, mem_gb: float = 2.0,
     mem_gb : float
         Memory estimate of the fit node (the scheduler uses it).
 
+    Inputs
+    ------
+    b1_map : the session's B1+ fraction map (only when the timepoint has B1+ data).
+
     Outputs
     -------
     t1map, r1map : T1 (s) and R1 (1/s), 0 where the fit is invalid.
@@ -45,7 +51,7 @@ def init_vfa_t1map_wf(timepoint: Timepoint, *, method: str, mem_gb: float = 2.0,
                repetition_time_s=vfa.repetition_time_s, method=method),
         name="fit_vfa", mem_gb=mem_gb,
     )
-    _b1_inputs(fit, timepoint)
+    _b1_inputs(workflow, fit, timepoint)
     workflow.connect([(fit, outputnode, [(field, field) for field in _OUTPUTS])])
     return workflow
 
@@ -80,7 +86,7 @@ def init_mp2rage_t1map_wf(timepoint: Timepoint, *, inversion_efficiency: float |
             setattr(fit.inputs, field, str(path))
     if mp2rage.phase_units:
         fit.inputs.phase_units = mp2rage.phase_units
-    _b1_inputs(fit, timepoint)
+    _b1_inputs(workflow, fit, timepoint)
     outputnode.inputs.reference_image = str(mp2rage.registration_image)
     workflow.connect([
         (fit, outputnode, [(field, field) for field in ("t1map", "r1map", "valid_mask", "uni",

@@ -102,8 +102,9 @@ def init_uptake_wf(plan, config, sinks, timepoint, method: str, agent: AgentPara
         ds = sinks.node(kind, tp, method, metadata={**map_meta, **extra, "Units": UNITS[kind]})
         workflow.connect(uptake, field, ds, "in_file")
     ds_r1 = sinks.node("R1map_ref", tp, method,
-                       metadata={**t1map_metadata(tp, method, bids_dir, config), "Units": "1/s",
-                                 "SpatialReference": ref_uri, "Resampling": RESAMPLING_R1})
+                       metadata={**t1map_metadata(plan, tp, method, bids_dir, config),
+                                 "Units": "1/s", "SpatialReference": ref_uri,
+                                 "Resampling": RESAMPLING_R1})
     workflow.connect(r1_ref, "output_image", ds_r1, "in_file")
     if not with_lesions:
         return workflow

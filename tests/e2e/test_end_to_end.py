@@ -135,7 +135,9 @@ def test_mp2rage_maps_record_every_lookup_parameter(demo):
     assert meta["InversionTimes"] == [0.7, 2.5]
     assert meta["FlipAngle"] == [4.0, 5.0]
     assert meta["InversionEfficiency"] == 0.96
-    assert meta["B1Correction"] is True
+    # The session's own (raw, fraction) TB1map corrected the look-up.
+    assert meta["B1Correction"] == "bids:raw:sub-01/ses-D1/fmap/sub-01_ses-D1_TB1map.nii.gz"
+    assert meta["B1Method"] == "TB1map" and "fraction" in meta["B1Decision"]
     assert "complex" in meta["UNISource"] or "magnitude and phase" in meta["UNISource"]
     assert meta["Units"] == "s"
 

@@ -60,7 +60,7 @@ def test_plan_of_reference_dataset(dro2mm):
     assert [tp.session for tp in plan.posts] == ["D1", "D8"]
     assert plan.baseline.vfa.flip_angles_deg == [2.0, 5.0, 10.0, 15.0]
     assert plan.baseline.vfa.repetition_time_s == pytest.approx(0.015)
-    assert plan.baseline.b1map is not None
+    assert plan.baseline.b1.suffix == "TB1map" and plan.baseline.b1.units == "fraction"
     assert plan.contours is not None and plan.contours.session == "D0"
     assert plan.dose_mg_per_kg == 100.0
     assert plan.posts[0].hours_post_injection == pytest.approx(2.0)

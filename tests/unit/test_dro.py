@@ -124,8 +124,13 @@ def test_roles_for_other_participant_counts():
     assert [r.design for r in roles(2)] == ["sessions", "sessions"]
     six = roles(6)
     assert [r.dose_mg_per_kg for r in six] == [100.0, 50.0, 15.0, 30.0, 75.0, 0.0]
-    assert [r.b1_units for r in six] == ["fraction", "percent", "fraction", "percent",
-                                         "fraction", None]
+    # Extra participants carry the raw B1+ representations, one each, then TB1maps.
+    assert [r.b1_format for r in six] == ["TB1map", "TB1map", "TB1TFL", "TB1AFI", "TB1DAM",
+                                          None]
+    assert [r.b1_units for r in six] == ["fraction", "percent", None, None, None, None]
+    eight = roles(8)
+    assert [r.b1_format for r in eight[2:7]] == ["TB1TFL", "TB1AFI", "TB1DAM", "TB1SRGE",
+                                                 "TB1map"]
     assert [r.design for r in six].count("same-session") == 1 and six[1].design == "same-session"
     assert [r.methods for r in six[2:]] == [("vfa",)] * 4
 

@@ -109,7 +109,9 @@ def test_missing_key_names_file_and_key_and_exits_66(tmp_path, key, caplog):
     with pytest.raises(InputError) as exc:
         _plan(root)
     assert exc.value.exit_code == 66
-    assert key in str(exc.value) and "inv-2_part-mag_MP2RAGE" in str(exc.value)
+    # RepetitionTimeExcitation is read per inversion (MP2RAGE-ME): inv-1 is named first.
+    inv = "inv-1" if key == "RepetitionTimeExcitation" else "inv-2"
+    assert key in str(exc.value) and f"{inv}_part-mag_MP2RAGE" in str(exc.value)
     code = main([str(root), str(tmp_path / "out"), "participant", "--skip-bids-validation",
                  "-w", str(tmp_path / "work")])
     assert code == 66

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from bids_agquant.qmri.b1 import b1_to_fraction
+from bids_agquant.qmri.b1 import B1UnitsError, b1_to_fraction
 from bids_agquant.qmri.vfa import (
     VFA_METHODS,
     VFAFit,
@@ -267,10 +267,10 @@ def test_b1_fraction_units(units):
 def test_b1_data_driven_decision():
     out, decision = b1_to_fraction(np.array([[95.0, 101.0], [0.0, 105.0]]))
     np.testing.assert_allclose(out, [[0.95, 1.01], [0.0, 1.05]])
-    assert "percent" in decision and "no Units" in decision
+    assert decision.startswith("WARNING") and "percent" in decision and "no Units" in decision
     out, decision = b1_to_fraction(np.array([0.95, 1.01, 1.05]), units="n/a")
     np.testing.assert_allclose(out, [0.95, 1.01, 1.05])
-    assert "fraction" in decision and "unrecognised" in decision
+    assert "fraction" in decision and "no Units" in decision
 
 
 def test_b1_nonfinite_set_to_zero():
@@ -280,14 +280,14 @@ def test_b1_nonfinite_set_to_zero():
     assert "3 non-finite" in decision
 
 
-def test_b1_warnings():
+def test_b1_warnings_and_refusals():
     _, decision = b1_to_fraction(np.array([0.9, 1.0]), "percent")
     assert "WARNING" in decision  # declared percent but looks like a fraction
-    _, decision = b1_to_fraction(np.array([800.0, 810.0]))  # Siemens x10 degrees
-    assert "WARNING" in decision and "tfl_b1map" in decision
-    out, decision = b1_to_fraction(np.array([np.nan, 0.0]))
-    assert "WARNING" in decision
-    np.testing.assert_array_equal(out, [0.0, 0.0])
+    # Siemens 10 x degrees or per mille: not guessed (issue 14), refused with the options.
+    with pytest.raises(B1UnitsError, match="per mille.*degrees-x10.*--b1-units"):
+        b1_to_fraction(np.array([800.0, 810.0]))
+    with pytest.raises(B1UnitsError, match="no finite positive value"):
+        b1_to_fraction(np.array([np.nan, 0.0]))
 
 
 def test_b1_fraction_feeds_vfa_fit():

@@ -14,14 +14,16 @@ Pure numpy functions, no file I/O. Conventions:
 Sequence timing (the discrete convention used by :func:`mp2rage_signals`, and therefore by the
 lookup tables): every ``RepetitionTimePreparation`` an instantaneous inversion at ``t = 0``
 (``Mz -> -eff Mz``) is followed by two spoiled-GRE readout trains of ``shots_before +
-shots_after`` excitations with flip angles ``alpha1``, ``alpha2`` and echo spacing
-``tau = RepetitionTimeExcitation``. Train ``k`` starts at ``TIk - shots_before * tau``; each
-excitation is instantaneous (``Mz -> Mz cos(b1 alpha_k)``) and is followed by free relaxation
-over ``tau``. After ``shots_before`` such ``[pulse, relax]`` steps we are at ``TIk`` just before
-the k-space-centre pulse, where the signal is ``S_k = M0 Mz(TIk^-) sin(b1 alpha_k)`` (signed);
-``shots_after`` more steps (the centre pulse is the first of them) end the train at
-``TIk + shots_after * tau``. Free relaxation fills the gaps; the signals are the periodic
-steady state.
+shots_after`` excitations with flip angles ``alpha1``, ``alpha2`` and echo spacings
+``tau1``, ``tau2`` (``RepetitionTimeExcitation``: one value for both trains, or one per
+train as in MP2RAGE-ME, whose multi-echo INV2 train is slower). Train ``k`` starts at
+``TIk - shots_before * tauk``; each excitation is instantaneous (``Mz -> Mz cos(b1 alpha_k)``)
+and is followed by free relaxation over ``tauk``. After ``shots_before`` such ``[pulse,
+relax]`` steps we are at ``TIk`` just before the k-space-centre pulse, where the signal is
+``S_k = M0 Mz(TIk^-) sin(b1 alpha_k)`` (signed); ``shots_after`` more steps (the centre pulse
+is the first of them) end the train at ``TIk + shots_after * tauk``. Free relaxation fills the
+gaps; the signals are the periodic steady state. The same closed form, with a saturation in
+place of the inversion, models SA2RAGE (:mod:`bids_agquant.qmri.sa2rage`).
 
 T1 is obtained from UNI by a lookup restricted to the monotonic branch of ``UNI(T1)`` (from its
 maximum to its minimum, for each B1); see :func:`fit_t1_mp2rage` for the table design.

@@ -68,6 +68,21 @@ def _as_shot_count(name: str, value: Any) -> int:
     return out
 
 
+def _split_echo_spacing(value: Any) -> tuple[Any, Any]:
+    """``RepetitionTimeExcitation`` as (INV1 / common, INV2 or None): a number, or one or two
+    values (one per inversion; a one-element list is a number)."""
+    if isinstance(value, str | bytes):
+        raise MP2RAGETimingError(
+            f"RepetitionTimeExcitation must be a number or [INV1, INV2] in s, got {value!r}")
+    if np.ndim(value) == 0:
+        return value, None
+    values = list(np.asarray(value, dtype=object).reshape(-1))
+    if np.ndim(value) != 1 or len(values) not in (1, 2):
+        raise MP2RAGETimingError(
+            f"RepetitionTimeExcitation must be a number or [INV1, INV2] in s, got {value!r}")
+    return values[0], values[1] if len(values) == 2 else None
+
+
 @dataclass(frozen=True)
 class MP2RAGEProtocol:
     """MP2RAGE acquisition parameters (BIDS names in brackets).
@@ -90,20 +105,27 @@ class MP2RAGEProtocol:
         :meth:`from_number_shots` to split a total.
     inversion_efficiency : float, optional
         ``Mz -> -eff * Mz`` at the inversion, in (0, 1]; default 0.96. Not scaled by B1.
+    repetition_time_excitation_inv2_s : float, optional
+        Echo spacing of the second (INV2) train when it differs from the first's, s
+        (MP2RAGE-ME: a multi-echo INV2 readout, e.g. 32 ms against 6.2 ms). ``None``: the
+        same as ``repetition_time_excitation_s``.
 
     Raises
     ------
     MP2RAGETimingError
         If a value has the wrong type or range, or the timing is infeasible: the first train
-        must start after the inversion (``TI1 - shots_before * tau >= 0``), the trains must not
-        overlap (``TI2 - shots_before * tau >= TI1 + shots_after * tau``) and the second train
-        must end before the next inversion (``TI2 + shots_after * tau <= TR_prep``).
+        must start after the inversion (``TI1 - shots_before * tau1 >= 0``), the trains must
+        not overlap (``TI2 - shots_before * tau2 >= TI1 + shots_after * tau1``) and the second
+        train must end before the next inversion (``TI2 + shots_after * tau2 <= TR_prep``).
 
     Notes
     -----
     Instances are immutable and hashable (the lookup tables are cached per protocol). Values
     are coerced on construction: times and angles to ``float``, shot counts to ``int`` (a
-    float is accepted only if it is integral), pairs to tuples.
+    float is accepted only if it is integral), pairs to tuples. An INV2 echo spacing equal to
+    ``repetition_time_excitation_s`` is stored as ``None``, so both spellings of one protocol
+    compare and hash equal and share their cached tables (which are those of the
+    single-spacing model, bit for bit).
     """
 
     repetition_time_preparation_s: float
@@ -113,10 +135,24 @@ class MP2RAGEProtocol:
     shots_before: int
     shots_after: int
     inversion_efficiency: float = DEFAULT_INVERSION_EFFICIENCY
+    repetition_time_excitation_inv2_s: float | None = None
+
+    @property
+    def repetition_times_excitation_s(self) -> tuple[float, float]:
+        """Echo spacing of the INV1 and INV2 trains, s."""
+        tau2 = self.repetition_time_excitation_inv2_s
+        return (self.repetition_time_excitation_s,
+                self.repetition_time_excitation_s if tau2 is None else tau2)
 
     def __post_init__(self) -> None:
         tr = _as_positive_time("RepetitionTimePreparation", self.repetition_time_preparation_s)
         tau = _as_positive_time("RepetitionTimeExcitation", self.repetition_time_excitation_s)
+        tau2 = tau
+        if self.repetition_time_excitation_inv2_s is not None:
+            tau2 = _as_positive_time("RepetitionTimeExcitation[1] (INV2)",
+                                     self.repetition_time_excitation_inv2_s)
+            object.__setattr__(self, "repetition_time_excitation_inv2_s",
+                               None if tau2 == tau else tau2)
         ti = _as_pair("InversionTime", self.inversion_times_s)
         ti = (
             _as_positive_time("InversionTime[0]", ti[0]),
@@ -152,23 +188,27 @@ class MP2RAGEProtocol:
         if start1 < -tol:
             raise MP2RAGETimingError(
                 "infeasible MP2RAGE timing: the first readout train would start before the "
-                f"inversion: TI1 - shots_before * tau = {ti[0]:g} - {n_before} * {tau:g} = "
-                f"{start1:.6g} s < 0 (InversionTime[0] too short for NumberShots[0])"
+                f"inversion: TI1 - shots_before * tau1 = {ti[0]:g} - {n_before} * {tau:g} = "
+                f"{start1:.6g} s < 0 (InversionTime[0] too short for NumberShots[0] and "
+                "RepetitionTimeExcitation)"
             )
         end1 = ti[0] + n_after * tau
-        start2 = ti[1] - n_before * tau
+        start2 = ti[1] - n_before * tau2
         if start2 < end1 - tol:
             raise MP2RAGETimingError(
                 "infeasible MP2RAGE timing: the two readout trains overlap: "
-                f"TI2 - shots_before * tau = {ti[1]:g} - {n_before} * {tau:g} = {start2:.6g} s "
-                f"< TI1 + shots_after * tau = {ti[0]:g} + {n_after} * {tau:g} = {end1:.6g} s"
+                f"TI2 - shots_before * tau2 = {ti[1]:g} - {n_before} * {tau2:g} = "
+                f"{start2:.6g} s < TI1 + shots_after * tau1 = {ti[0]:g} + {n_after} * "
+                f"{tau:g} = {end1:.6g} s (check InversionTime, NumberShots and "
+                "RepetitionTimeExcitation of each inversion)"
             )
-        end2 = ti[1] + n_after * tau
+        end2 = ti[1] + n_after * tau2
         if end2 > tr + tol:
             raise MP2RAGETimingError(
                 "infeasible MP2RAGE timing: the second readout train ends after the next "
-                f"inversion: TI2 + shots_after * tau = {ti[1]:g} + {n_after} * {tau:g} = "
-                f"{end2:.6g} s > RepetitionTimePreparation = {tr:g} s"
+                f"inversion: TI2 + shots_after * tau2 = {ti[1]:g} + {n_after} * {tau2:g} = "
+                f"{end2:.6g} s > RepetitionTimePreparation = {tr:g} s (check InversionTime[1], "
+                "NumberShots and the INV2 RepetitionTimeExcitation)"
             )
 
     @classmethod
@@ -224,8 +264,9 @@ class MP2RAGEProtocol:
     def from_metadata(cls, metadata: dict[str, Any]) -> MP2RAGEProtocol:
         """Build a protocol from BIDS-style keys (the inverse of :meth:`as_metadata`).
 
-        ``RepetitionTimePreparation``, ``RepetitionTimeExcitation``, ``InversionTime`` (two
-        values), ``FlipAngle`` (two values) and ``NumberShots`` are required;
+        ``RepetitionTimePreparation``, ``RepetitionTimeExcitation`` (a number, or a pair
+        ``[tau_INV1, tau_INV2]`` when the trains differ, as in MP2RAGE-ME), ``InversionTime``
+        (two values), ``FlipAngle`` (two values) and ``NumberShots`` are required;
         ``InversionEfficiency`` is optional (default 0.96). Values must already be in SI
         units (s, degrees).
 
@@ -237,10 +278,12 @@ class MP2RAGEProtocol:
             If a value is invalid (see the class).
         """
         eff = metadata.get("InversionEfficiency", DEFAULT_INVERSION_EFFICIENCY)
+        tau1, tau2 = _split_echo_spacing(metadata["RepetitionTimeExcitation"])
         return cls.from_number_shots(
             metadata["NumberShots"],
             repetition_time_preparation_s=metadata["RepetitionTimePreparation"],
-            repetition_time_excitation_s=metadata["RepetitionTimeExcitation"],
+            repetition_time_excitation_s=tau1,
+            repetition_time_excitation_inv2_s=tau2,
             inversion_times_s=metadata["InversionTime"],
             flip_angles_deg=metadata["FlipAngle"],
             inversion_efficiency=eff,
@@ -252,13 +295,17 @@ class MP2RAGEProtocol:
         Returns
         -------
         dict
-            ``RepetitionTimePreparation``, ``RepetitionTimeExcitation``, ``InversionTime``
+            ``RepetitionTimePreparation``, ``RepetitionTimeExcitation`` (a number when both
+            trains share it, else ``[tau_INV1, tau_INV2]``), ``InversionTime``
             ``[TI1, TI2]``, ``FlipAngle`` ``[alpha1, alpha2]``, ``NumberShots``
             ``[before, after]`` and ``InversionEfficiency``.
         """
         return {
             "RepetitionTimePreparation": self.repetition_time_preparation_s,
-            "RepetitionTimeExcitation": self.repetition_time_excitation_s,
+            "RepetitionTimeExcitation": (
+                self.repetition_time_excitation_s
+                if self.repetition_time_excitation_inv2_s is None
+                else list(self.repetition_times_excitation_s)),
             "InversionTime": list(self.inversion_times_s),
             "FlipAngle": list(self.flip_angles_deg),
             "NumberShots": [self.shots_before, self.shots_after],

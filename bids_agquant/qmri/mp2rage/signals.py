@@ -37,13 +37,15 @@ def mp2rage_signals(
     """Steady-state MP2RAGE signals at the k-space centre of both readout trains.
 
     Closed form (no time stepping): every event of the cycle (inversion, free relaxation
-    over a gap, a train of ``n`` ``[pulse, relax tau]`` steps) is an affine map of the
+    over a gap, a train of ``n`` ``[pulse, relax tau_k]`` steps) is an affine map of the
     longitudinal magnetisation ``Mz -> a Mz + b`` (with ``M0 = 1``); a train of ``n`` steps
-    with ``q = cos(b1 alpha) E``, ``E = exp(-tau/T1)`` is ``a = q^n``,
-    ``b = (1 - E)(1 - q^n)/(1 - q)``. The periodic steady state before the inversion is the
-    fixed point ``m = b_cycle / (1 - a_cycle)`` of the whole cycle, from which
-    ``Mz(TI1^-)`` and ``Mz(TI2^-)`` follow. The timing convention is described in the
-    docstring of the :mod:`bids_agquant.qmri.mp2rage` package.
+    with ``q = cos(b1 alpha_k) E_k``, ``E_k = exp(-tau_k/T1)`` is ``a = q^n``,
+    ``b = (1 - E_k)(1 - q^n)/(1 - q)``. Each train uses its own echo spacing ``tau_k``
+    (:attr:`MP2RAGEProtocol.repetition_times_excitation_s`; MP2RAGE-ME has a longer one on
+    INV2). The periodic steady state before the inversion is the fixed point
+    ``m = b_cycle / (1 - a_cycle)`` of the whole cycle, from which ``Mz(TI1^-)`` and
+    ``Mz(TI2^-)`` follow. The timing convention is described in the docstring of the
+    :mod:`bids_agquant.qmri.mp2rage` package.
 
     Parameters
     ----------
@@ -62,29 +64,103 @@ def mp2rage_signals(
         Signed real signals ``M0 Mz(TIk^-) sin(b1 alpha_k)``, with the broadcast shape of
         ``t1_s``, ``b1`` and ``m0``.
     """
+    p = protocol
+    # The inversion is B1-independent (adiabatic): a constant preparation factor -eff.
+    return _two_train_signals(
+        t1_s,
+        b1,
+        m0,
+        repetition_time_preparation_s=p.repetition_time_preparation_s,
+        echo_spacings_s=p.repetition_times_excitation_s,
+        centre_times_s=p.inversion_times_s,
+        flip_angles_deg=p.flip_angles_deg,
+        shots=(p.shots_before, p.shots_after),
+        preparation=-p.inversion_efficiency,
+    )
+
+
+def _two_train_signals(
+    t1_s: ArrayLike,
+    b1: ArrayLike,
+    m0: ArrayLike,
+    *,
+    repetition_time_preparation_s: float,
+    echo_spacings_s: tuple[float, float],
+    centre_times_s: tuple[float, float],
+    flip_angles_deg: tuple[float, float],
+    shots: tuple[float, float],
+    preparation: ArrayLike,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steady-state k-space-centre signals of a prepared two-train sequence (MP2RAGE, SA2RAGE).
+
+    One cycle of ``repetition_time_preparation_s``: at ``t = 0`` an instantaneous preparation
+    ``Mz -> preparation * Mz`` (``-eff`` for the MP2RAGE inversion, ``cos(b1 theta_sat)`` for
+    the SA2RAGE saturation), then two spoiled-GRE trains. Train ``k`` has ``shots[0]``
+    ``[pulse b1 alpha_k, relax tau_k]`` steps before its k-space centre at
+    ``centre_times_s[k]`` and ``shots[1]`` from it (the centre pulse is the first of those),
+    with its own echo spacing ``tau_k`` (MP2RAGE-ME: a longer one on the multi-echo INV2
+    train). Every event is an affine map of ``Mz`` and the steady state is the fixed point of
+    their composition (see :func:`mp2rage_signals`).
+
+    Parameters
+    ----------
+    t1_s : array_like
+        T1, s (> 0; other values give NaN).
+    b1 : array_like
+        B1+ as a fraction of nominal; scales both readout flip angles (the preparation factor
+        is given separately, already evaluated at this B1 when it depends on it).
+    m0 : array_like
+        Equilibrium magnetisation times receive gain.
+    repetition_time_preparation_s : float
+        Cycle length (preparation to preparation), s.
+    echo_spacings_s : tuple of 2 float
+        Echo spacing ``tau_k`` of each train, s.
+    centre_times_s : tuple of 2 float
+        Time from the preparation to each train's k-space-centre pulse, s.
+    flip_angles_deg : tuple of 2 float
+        Nominal readout flip angles, degrees.
+    shots : tuple of 2 float
+        Steps before and from the k-space centre (the same for both trains). They may be
+        non-integer (SA2RAGE counts with partial Fourier and parallel imaging): a train of
+        ``n`` steps is the map ``q^n``, real for ``q = cos(b1 alpha) exp(-tau/T1) > 0``;
+        a non-integer count with ``b1 alpha > 90`` degrees gives NaN.
+    preparation : array_like
+        Factor of the preparation pulse (broadcast with ``t1_s``, ``b1``, ``m0``).
+
+    Returns
+    -------
+    s1, s2 : numpy.ndarray of float64
+        Signed signals ``m0 Mz(centre_k^-) sin(b1 alpha_k)`` in the broadcast shape.
+
+    Notes
+    -----
+    The timing is assumed feasible (checked by the protocol classes); a negative gap is
+    clamped to 0. With integer shots, equal echo spacings and ``preparation = -eff`` every
+    operation is the one of the single-spacing MP2RAGE model, so the results (and the cached
+    lookup tables built from them) are bit-identical to it.
+    """
     t1 = np.asarray(t1_s, dtype=np.float64)
     b1_a = np.asarray(b1, dtype=np.float64)
     m0_a = np.asarray(m0, dtype=np.float64)
-    p = protocol
-    tau = p.repetition_time_excitation_s
-    n_b, n_a = p.shots_before, p.shots_after
-    ti1, ti2 = p.inversion_times_s
-    alpha1, alpha2 = np.deg2rad(p.flip_angles_deg[0]), np.deg2rad(p.flip_angles_deg[1])
+    tau1, tau2 = (float(t) for t in echo_spacings_s)
+    n_b, n_a = shots
+    ti1, ti2 = centre_times_s
+    alpha1, alpha2 = np.deg2rad(flip_angles_deg[0]), np.deg2rad(flip_angles_deg[1])
     gaps = (
-        max(ti1 - n_b * tau, 0.0),
-        max((ti2 - n_b * tau) - (ti1 + n_a * tau), 0.0),
-        max(p.repetition_time_preparation_s - (ti2 + n_a * tau), 0.0),
+        max(ti1 - n_b * tau1, 0.0),
+        max((ti2 - n_b * tau2) - (ti1 + n_a * tau1), 0.0),
+        max(repetition_time_preparation_s - (ti2 + n_a * tau2), 0.0),
     )
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         r1 = np.where(t1 > 0, 1.0 / t1, np.nan)
-        e_tau = np.exp(-tau * r1)
-        one_minus_e_tau = -np.expm1(-tau * r1)
 
         def relax(gap: float) -> tuple:
             return np.exp(-gap * r1), -np.expm1(-gap * r1)
 
-        def trains(alpha: float) -> tuple[tuple, tuple]:
+        def trains(alpha: float, tau: float) -> tuple[tuple, tuple]:
             """Affine maps of the ``n_b`` and ``n_a`` [pulse, relax tau] steps at ``alpha``."""
+            e_tau = np.exp(-tau * r1)
+            one_minus_e_tau = -np.expm1(-tau * r1)
             cos_a = np.cos(b1_a * alpha)
             # 1 - q = (1 - E) + E (1 - cos), written without cancellation
             one_minus_q = one_minus_e_tau + e_tau * (2.0 * np.sin(0.5 * b1_a * alpha) ** 2)
@@ -98,10 +174,10 @@ def mp2rage_signals(
             scale = one_minus_e_tau / one_minus_q
             return (q_nb, scale * (1.0 - q_nb)), (q_na, scale * (1.0 - q_na))
 
-        before1, after1 = trains(alpha1)
-        before2, after2 = trains(alpha2)
-        inversion = (-p.inversion_efficiency, 0.0)
-        to_ti1 = _compose(_compose(inversion, relax(gaps[0])), before1)
+        before1, after1 = trains(alpha1, tau1)
+        before2, after2 = trains(alpha2, tau2)
+        prep = (np.asarray(preparation, dtype=np.float64), 0.0)
+        to_ti1 = _compose(_compose(prep, relax(gaps[0])), before1)
         ti1_to_ti2 = _compose(_compose(after1, relax(gaps[1])), before2)
         ti2_to_end = _compose(after2, relax(gaps[2]))
         a_cyc, b_cyc = _compose(_compose(to_ti1, ti1_to_ti2), ti2_to_end)
