@@ -36,6 +36,13 @@ REFERENCES = {
 }
 
 
+def equation(suffix: str) -> str:
+    """How ``suffix`` becomes B1 (the SA2RAGE text with its assumed T1)."""
+    from .qmri.sa2rage import NOMINAL_T1_S
+
+    return EQUATIONS[suffix].format(t1=NOMINAL_T1_S)
+
+
 @dataclass
 class B1Map:
     """A B1+ fraction map on its acquisition's grid, and how it was obtained."""
@@ -96,7 +103,7 @@ def compute_b1(source: B1Source, units_override: str | None = None) -> B1Map:
         fraction = qb1.to_fraction(values, decision, nominal_flip_deg=nominal)
         text = decision.describe()
         return B1Map(fraction.astype(np.float32), img, text, list(decision.warnings),
-                     EQUATIONS[suffix])
+                     equation(suffix))
     first_img, first = _volume(source.files[0])
     second_img, second = _volume(source.files[1])
     for path in source.files[1:]:
@@ -122,13 +129,8 @@ def compute_b1(source: B1Source, units_override: str | None = None) -> B1Map:
         img = first_img
     else:  # the plan only makes the suffixes above
         raise ValueError(f"unknown B1+ representation {suffix!r}")
-    equation = EQUATIONS[suffix]
-    if suffix == "TB1SRGE":
-        from .qmri.sa2rage import NOMINAL_T1_S
-
-        equation = equation.format(t1=NOMINAL_T1_S)
     return B1Map(np.asarray(fraction, dtype=np.float32), img, text, list(source.notes),
-                 equation)
+                 equation(suffix))
 
 
 def _sa2rage(source: B1Source, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, str]:

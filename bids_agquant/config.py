@@ -129,6 +129,16 @@ class NoRelaxivityError(ValueError):
     """The preset has no cited relaxivity at the acquisition's field strength."""
 
 
+def _find_preset(name: str, presets: dict[str, dict]) -> tuple[str, dict]:
+    """The preset a name or alias (case-insensitive) names, or UnknownAgentError."""
+    key = name.strip().lower()
+    for preset_name, preset in presets.items():
+        if key == preset_name or key in [a.lower() for a in preset.get("aliases", [])]:
+            return preset_name, preset
+    known = ", ".join(sorted(presets))
+    raise UnknownAgentError(f"unknown agent preset {name!r}; known presets: {known}")
+
+
 def resolve_agent(
     name: str | None,
     *,
@@ -166,13 +176,7 @@ def resolve_agent(
             "custom", float(r1), float(gd_per_particle or 1), float(molar_mass or 1.0),
             field_strength_T, "user-supplied constants",
         )
-    key = name.strip().lower()
-    for preset_name, preset in presets.items():
-        if key == preset_name or key in [a.lower() for a in preset.get("aliases", [])]:
-            break
-    else:
-        known = ", ".join(sorted(presets))
-        raise UnknownAgentError(f"unknown agent preset {name!r}; known presets: {known}")
+    preset_name, preset = _find_preset(name, presets)
     relaxivities = preset["r1_per_mM_per_s"]
     if r1 is None:
         try:
@@ -215,19 +219,15 @@ def agent_for_timepoint(ceagent: str | None, main: AgentParameters,
     if not main.substance:  # constants given on the command line without a preset
         return main, f"ce-{ceagent}: user-supplied constants ({main.name}) kept"
     try:
-        preset = resolve_agent(ceagent, field_strength_T=field_strength_T)
+        preset_name, preset = _find_preset(ceagent, load_agent_presets())
     except UnknownAgentError:
         return main, f"ce-{ceagent} names no preset: participant agent {main.name}"
-    except NoRelaxivityError:
-        # ce-<label> names a known preset: it is that agent's relaxivity or nothing, unless
-        # the label is the participant's own substance (then its constants apply).
-        preset = resolve_agent(ceagent, field_strength_T=field_strength_T, r1=float("nan"))
-        if preset.substance == main.substance:
-            return main, f"ce-{ceagent} is the participant's agent ({main.name})"
-        raise
-    if preset.substance == main.substance:
+    if preset.get("substance", preset_name) == main.substance:
         return main, f"ce-{ceagent} is the participant's agent ({main.name})"
-    return preset, f"ce-{ceagent} names the {preset.name} preset"
+    # Another agent: its own relaxivity at this field, or NoRelaxivityError (never the
+    # participant's constants in its place).
+    other = resolve_agent(preset_name, field_strength_T=field_strength_T)
+    return other, f"ce-{ceagent} names the {other.name} preset"
 
 
 def resolve_participant_agent(participant_agent: str | None, is_placebo: bool,

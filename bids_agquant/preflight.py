@@ -217,7 +217,8 @@ NO_B1_WARNING = ("no B1+ map: the VFA fit uses the nominal flip angles; R1 scale
                  "B1², so a B1+ of 0.9 (1.1) biases R1 and ΔR1 by about -19 % (+21 %)")
 
 
-def check_b1(plan: ParticipantPlan, units_override: str | None = None) -> None:
+def check_b1(plan: ParticipantPlan, units_override: str | None = None,
+             images: dict[Path, nb.Nifti1Image] | None = None) -> None:
     """Compute every B1+ map of ``plan`` and check it against the heads it corrects.
 
     After the units decision the median B1 inside each T1 method's head mask must lie in
@@ -229,7 +230,7 @@ def check_b1(plan: ParticipantPlan, units_override: str | None = None) -> None:
     from .b1maps import b1_on_grid, compute_b1, fraction_image
     from .qmri.b1 import MIN_HEAD_COVERAGE, PLAUSIBLE_MEDIAN_FRACTION, b1_plausibility
 
-    images: dict[Path, nb.Nifti1Image] = {}
+    images = dict(images or {})  # the images check_plan already opened
     done: dict[int, object] = {}
     for tp in plan.timepoints:
         if tp.b1 is None:
@@ -289,7 +290,7 @@ def check_plan(plan: ParticipantPlan, config=None) -> None:
     for tp in [plan.baseline, *plan.posts]:
         _check_timepoint_grids(tp, images)
     check_contours(plan, images)
-    check_b1(plan, getattr(config, "b1_units", None))
+    check_b1(plan, getattr(config, "b1_units", None), images)
     if plan.posts and not plan.is_placebo:
         missing = [key for key, value in (("dose_mg_per_kg", plan.dose_mg_per_kg),
                                           ("weight_kg", plan.weight_kg)) if value is None]

@@ -8,7 +8,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..b1maps import EQUATIONS, REFERENCES
+from ..b1maps import REFERENCES, equation
 from ..derivatives import bids_uri
 from ..interfaces.b1 import ComputeB1
 from ..plan import ParticipantPlan, Timepoint, _encode
@@ -22,7 +22,7 @@ def b1_metadata(timepoint: Timepoint, bids_dir) -> dict:
         "Description": "B1+ as a fraction of nominal: effective flip = B1 x nominal flip",
         "Sources": [bids_uri(f, Path(bids_dir)) for f in source.files],
         "B1Method": source.suffix,
-        "EstimationAlgorithm": EQUATIONS[source.suffix].replace("{t1:g}", "1.5"),
+        "EstimationAlgorithm": equation(source.suffix),
         "EstimationReference": REFERENCES[source.suffix],
         "FlipAngle": source.flip_angles_deg,
         "B1Decision": source.decision,
